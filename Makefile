@@ -1,0 +1,34 @@
+# make demo | make test | make test-all | make bench — each creates .venv and installs on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/demo
+
+.PHONY: venv demo test test-all bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Trains the tiny two-tower model on the embedded dataset and prints zero-shot retrieval.
+demo: $(STAMP)
+	$(BIN)/vidlang train --config configs/two_tower.py:tiny --workdir $(WORKDIR)
+	$(BIN)/vidlang eval --config configs/two_tower.py:tiny --workdir $(WORKDIR)
+
+# Fast suite (< 25 min on 2 CPU cores); slow tests are marked and run by test-all.
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -q -m 'not slow'
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) *.egg-info

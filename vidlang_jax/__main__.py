@@ -1,0 +1,3 @@
+from vidlang_jax.main import run
+
+run()

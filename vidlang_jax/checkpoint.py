@@ -1,0 +1,133 @@
+"""Orbax checkpoints of the whole run (params, optimizer state, step, data-iterator state, config)
+and partial loading of params from another run by regex rules.
+
+Restore order (as in maxtext / big_vision): the run's own latest good checkpoint, else
+`config.init_from` (params only, regex-mapped), else fresh init.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Sequence
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vidlang_jax.sharding import tree_paths
+
+
+class Checkpointer:
+  """`workdir/checkpoints/<step>/{state,data,config}`; async saves, keeps the last `max_to_keep`."""
+
+  def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                             enable_async_checkpointing=async_save),
+        item_names=('state', 'data', 'config'))
+
+  def save(self, step: int, state: Any, data_iterator: Any | None, config: dict[str, Any]) -> None:
+    items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items))
+
+  def restore_latest(self, abstract_state: Any, data_iterator: Any | None) -> tuple[int, Any] | None:
+    """Restores the newest checkpoint that loads, walking back past damaged ones.
+
+    `abstract_state` leaves are `jax.ShapeDtypeStruct`s with shardings: the state is restored
+    straight onto the current mesh, whatever mesh wrote it. Returns (step, state) or None.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      items = dict(state=ocp.args.StandardRestore(abstract_state))
+      if data_iterator is not None:
+        items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+      except (KeyError, ValueError, FileNotFoundError) as e:
+        logging.warning('Checkpoint %d in %s does not load (%s); trying an older one.',
+                        step, self.directory, e)
+        continue
+      return step, restored['state']
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _resolve_checkpoint(path: str) -> tuple[str, int]:
+  """A workdir, its `checkpoints/` folder, or one `checkpoints/<step>` -> (manager dir, step)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'init_from checkpoint {path!r} does not exist.')
+  if os.path.basename(path).isdigit():
+    return os.path.dirname(path), int(os.path.basename(path))
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.join(path, 'checkpoints')
+  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
+  if not steps:
+    raise FileNotFoundError(f'No checkpoints found in {path!r}.')
+  return path, steps[-1]
+
+
+def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('(.*)', r'\1'),),
+                dont_load: Sequence[str] = (), mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Loads params from another run's checkpoint into `params` (a tree of arrays).
+
+  `load` is a list of (regex on the target path, replacement giving the checkpoint path), first
+  match wins; e.g. `[('video/(.*)', r'encoder/\\1')]` loads an MAE encoder into the video tower.
+  Target params matched by a `dont_load` regex, or by no `load` rule, keep their values. A
+  target whose checkpoint path is missing or has another shape raises, naming both.
+  """
+  directory, step = _resolve_checkpoint(path)
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'config'),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  metadata = manager.item_metadata(step)['state']
+  replicated = (NamedSharding(mesh, P()) if mesh is not None
+                else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+                          metadata)
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  source = {path: leaf for path, leaf in zip(jax.tree.leaves(tree_paths(state['state']['params'])),
+                                             jax.tree.leaves(state['state']['params']))}
+  load_rules = [(re.compile(a), b) for a, b in load]
+  skip_rules = [re.compile(p) for p in dont_load]
+  loaded, kept = [], []
+
+  def merge(target_path: str, value: Any) -> Any:
+    if any(rule.fullmatch(target_path) for rule in skip_rules):
+      kept.append(target_path)
+      return value
+    for rule, replacement in load_rules:
+      if rule.fullmatch(target_path):
+        source_path = rule.sub(replacement, target_path)
+        break
+    else:
+      kept.append(target_path)
+      return value
+    if source_path not in source:
+      raise KeyError(f'{target_path!r} maps to {source_path!r}, which is not in checkpoint '
+                     f'{directory}/{step}. Checkpoint params start with: '
+                     f'{sorted({p.split("/")[0] for p in source})}')
+    new = source[source_path]
+    if tuple(new.shape) != tuple(value.shape):
+      raise ValueError(f'Shape mismatch loading {source_path!r} {tuple(new.shape)} from '
+                       f'{directory}/{step} into {target_path!r} {tuple(value.shape)}.')
+    loaded.append(target_path)
+    return jax.device_put(np.asarray(new).astype(value.dtype), value.sharding)
+
+  merged = jax.tree.map(merge, tree_paths(params), params)
+  logging.info('Loaded %d params from %s/%d; kept %d as initialised: %s', len(loaded), directory,
+               step, len(kept), kept[:20])
+  manager.close()
+  return merged

@@ -1,0 +1,244 @@
+"""grain input pipelines: TFDS array_record source -> decode -> sample -> augment -> tokenize -> batch.
+
+Training iterators are infinite, reshuffled every epoch, sharded per process and checkpointable
+(`get_state` / `set_state`, saved by the trainer beside the model). Clips that fail to decode are
+skipped, and every batch carries `num_skipped`: how many were dropped while it was assembled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any, Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from vidlang_jax.data import builders, tokenizer as tokenizer_lib, video as video_lib
+from vidlang_jax.sharding import batch_sharding
+
+# ImageNet-style per-channel statistics on [0, 1] pixels.
+MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
+STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def resize_crop(frames: np.ndarray, box: tuple[float, float, float, float],
+                size: int) -> np.ndarray:
+  """Bilinear crop-and-resize of `[time, height, width, c]` frames to `[time, size, size, c]`.
+
+  `box` is (top, left, box_height, box_width) in pixels; the same box for every frame so that
+  motion is preserved.
+  """
+  top, left, box_h, box_w = box
+  height, width = frames.shape[1:3]
+  # Sample at pixel centres of the output grid.
+  ys = top + (np.arange(size, dtype=np.float32) + 0.5) * box_h / size - 0.5
+  xs = left + (np.arange(size, dtype=np.float32) + 0.5) * box_w / size - 0.5
+  ys, xs = np.clip(ys, 0, height - 1), np.clip(xs, 0, width - 1)
+  y0, x0 = np.floor(ys).astype(np.int32), np.floor(xs).astype(np.int32)
+  y1, x1 = np.minimum(y0 + 1, height - 1), np.minimum(x0 + 1, width - 1)
+  wy, wx = (ys - y0)[None, :, None, None], (xs - x0)[None, None, :, None]
+  f = frames.astype(np.float32)
+  top_row = f[:, y0][:, :, x0] * (1 - wx) + f[:, y0][:, :, x1] * wx
+  bottom_row = f[:, y1][:, :, x0] * (1 - wx) + f[:, y1][:, :, x1] * wx
+  return top_row * (1 - wy) + bottom_row * wy
+
+
+def random_box(rng: np.random.Generator, height: int, width: int,
+               scale: tuple[float, float], ratio: tuple[float, float]) -> tuple[float, ...]:
+  """Inception-style random resized crop box (area fraction `scale`, aspect `ratio`)."""
+  for _ in range(10):
+    area = height * width * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    box_w, box_h = np.sqrt(area * aspect), np.sqrt(area / aspect)
+    if box_w <= width and box_h <= height:
+      return rng.uniform(0, height - box_h), rng.uniform(0, width - box_w), box_h, box_w
+  side = min(height, width)
+  return (height - side) / 2, (width - side) / 2, side, side
+
+
+def center_box(height: int, width: int) -> tuple[float, ...]:
+  side = min(height, width)
+  return (height - side) / 2, (width - side) / 2, side, side
+
+
+@dataclasses.dataclass
+class DecodeVideo(grain.transforms.RandomMap):
+  """mp4 bytes -> normalised `[num_frames, size, size, 3]` float32, or a skip marker.
+
+  Training samples a random stride from `strides` and a random start, and crops a random box
+  with a mild scale range: captions name sizes, so aggressive zoom would contradict them, and
+  there is no horizontal flip because captions say "moves left". Evaluation samples frames
+  uniformly over the clip and takes the central square.
+  """
+
+  num_frames: int
+  size: int
+  train: bool
+  strides: tuple[int, ...] = (1, 2)
+  crop_scale: tuple[float, float] = (0.8, 1.0)
+  crop_ratio: tuple[float, float] = (0.9, 1.1)
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    data = element['video']
+    try:
+      length = video_lib.video_num_frames(data)
+      if self.train:
+        stride = int(rng.choice([s for s in self.strides if s * (self.num_frames - 1) < length]
+                                or [1]))
+        offset = int(rng.integers(0, max(1, length - stride * (self.num_frames - 1))))
+      else:
+        stride, offset = max(1, length // self.num_frames), 0
+      frames = video_lib.decode_mp4(data, num_frames=self.num_frames, stride=stride,
+                                    offset=offset)
+    except video_lib.VideoDecodeError as e:
+      logging.warning('Skipping %s: %s', _video_id(element), e)
+      return {'_skipped': True}
+    height, width = frames.shape[1:3]
+    box = (random_box(rng, height, width, self.crop_scale, self.crop_ratio) if self.train
+           else center_box(height, width))
+    frames = resize_crop(frames, box, self.size) / 255.0
+    out = {k: v for k, v in element.items() if k != 'video'}
+    out['video'] = ((frames - MEAN_RGB) / STD_RGB).astype(np.float32)
+    return out
+
+
+def _video_id(element: dict[str, Any]) -> str:
+  video_id = element.get('video_id', b'?')
+  return video_id.decode() if isinstance(video_id, bytes) else str(video_id)
+
+
+@dataclasses.dataclass
+class Tokenize(grain.transforms.Map):
+  """caption bytes -> `text` int32 `[max_len]`; loads the tokenizer lazily in each worker."""
+
+  tokenizer_path: str
+  max_len: int
+
+  @functools.cached_property
+  def tokenizer(self):
+    return tokenizer_lib.load_tokenizer(self.tokenizer_path)
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    if element.get('_skipped'):
+      return element
+    caption = element['caption']
+    caption = caption.decode('utf-8') if isinstance(caption, bytes) else str(caption)
+    element['text'] = tokenizer_lib.tokenize(self.tokenizer, [caption], self.max_len)[0]
+    element['caption'] = caption
+    return element
+
+
+class _SkipCountingIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+
+  def __next__(self) -> dict[str, Any]:
+    skipped = 0
+    while True:
+      element = next(self._parent)
+      if not element.get('_skipped'):
+        element['num_skipped'] = np.int32(skipped)
+        return element
+      skipped += 1
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(state)
+
+
+class SkipCorrupt(grain.IterDataset):
+  """Drops elements marked `_skipped`, recording on the next kept element how many were dropped
+  (so that the count survives batching and worker processes)."""
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _SkipCountingIterator(self._parent.__iter__())
+
+
+NUMERIC_KEYS = ('video', 'text', 'num_skipped')
+
+
+def _keep_numeric(element: dict[str, Any], extra: tuple[str, ...]) -> dict[str, Any]:
+  return {k: np.asarray(v) for k, v in element.items() if k in NUMERIC_KEYS + extra}
+
+
+def _ensure_absl_flags_parsed() -> None:
+  """grain's multiprocessing reads absl flags; outside `app.run` they are not parsed yet."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def tokenizer_path(data_config: ml_collections.ConfigDict) -> str:
+  builder = builders.prepare(data_config.name, data_config.get('data_dir'),
+                             **data_config.get('builder_kwargs', {}))
+  builders.tokenizer_for(builder, vocab_size=data_config.vocab_size)
+  return f'{builder.data_dir}/tokenizer.json'
+
+
+def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                   seed: int) -> grain.DatasetIterator:
+  """An infinite, checkpointable iterator of this process's share of each global batch."""
+  if global_batch_size % jax.process_count():
+    raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
+                     f'{jax.process_count()} processes.')
+  source = builders.data_source(data_config.name, data_config.train_split,
+                                data_config.get('data_dir'),
+                                **data_config.get('builder_kwargs', {}))
+  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+  ds = ds.shuffle(seed=seed).repeat()
+  ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=True,
+                                 strides=tuple(data_config.strides),
+                                 crop_scale=tuple(data_config.crop_scale)), seed=seed + 1)
+  ds = ds.map(Tokenize(tokenizer_path(data_config), data_config.max_text_len))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
+                                            prefetch_buffer_size=data_config.prefetch))
+  ds = SkipCorrupt(ds).map(functools.partial(_keep_numeric, extra=()))
+  ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
+  if data_config.num_workers > 0:
+    _ensure_absl_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  return iter(ds)
+
+
+def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int,
+                 keys: tuple[str, ...] = ()) -> Iterator[dict[str, np.ndarray]]:
+  """One deterministic pass over a split (every process sees all of it), in fixed-size batches.
+
+  The last batch is padded by repeating examples and `mask` marks the real ones, so that one
+  compiled eval step serves every batch. `keys` adds fields (e.g. labels) to the batch.
+  """
+  source = builders.data_source(data_config.name, split, data_config.get('data_dir'),
+                                **data_config.get('builder_kwargs', {}))
+  ds = grain.MapDataset.source(source)
+  ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=False),
+                     seed=0)
+  ds = ds.map(Tokenize(tokenizer_path(data_config), data_config.max_text_len))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
+                                            prefetch_buffer_size=data_config.prefetch))
+  ds = SkipCorrupt(ds).map(functools.partial(_keep_numeric, extra=keys))
+  ds = ds.batch(batch_size, drop_remainder=False)
+  for batch in ds:
+    real = len(batch['video'])
+    batch['mask'] = np.arange(batch_size) < real
+    if real < batch_size:
+      pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - real, axis=0)])
+      batch = {k: (v if k == 'mask' else pad(v)) for k, v in batch.items()}
+    yield batch
+
+
+def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
+               mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes, dtypes and shardings of one global training batch, without reading any data."""
+  size, frames = data_config.image_size, data_config.num_frames
+  shapes = {'video': ((global_batch_size, frames, size, size, 3), np.float32),
+            'text': ((global_batch_size, data_config.max_text_len), np.int32)}
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
+          for k, (shape, dtype) in shapes.items()}

@@ -1,0 +1,106 @@
+"""`vidlang` command line: train | eval | data.
+
+  vidlang train --config configs/two_tower.py:tiny --workdir runs/demo [--config.key=value ...]
+  vidlang eval  --config configs/two_tower.py:tiny --workdir runs/demo
+  vidlang data  moving_shapes [--data_dir DIR]
+
+Configs are ml_collections config files; overrides use the same `--config.a.b=value` syntax.
+Rerunning `train` with the same workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+COMMANDS = ('train', 'eval', 'data')
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py:arg`.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, evals).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Dataset directory (default $VIDLANG_DATA_DIR).')
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing with the unknown-key error turned into one clear line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    bad = [a.split('=')[0].removeprefix('--config.') for a in argv if a.startswith('--config.')]
+    missing = [key for key in bad if key.split('.')[-1] in str(e)] or bad
+    sys.exit(f'error: unknown config key {", ".join(missing)!r} ({e}).')
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
+
+
+def _validated_config():
+  from vidlang_jax import config as config_lib
+
+  if _CONFIG.value is None:
+    sys.exit('error: --config is required, e.g. --config configs/two_tower.py:tiny')
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    sys.exit(f'error: {e}')
+  if _DATA_DIR.value:
+    config.unlock()
+    config.data.data_dir = _DATA_DIR.value
+    config.lock()
+  return config
+
+
+def main(argv: list[str]) -> None:
+  logging.getLogger().setLevel(logging.INFO)
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    sys.exit(f'usage: vidlang {{{"|".join(COMMANDS)}}} --config FILE:ARG --workdir DIR\n{__doc__}')
+  command = argv[1]
+  if command == 'data':
+    from vidlang_jax.data import builders
+
+    for name in argv[2:] or ['moving_shapes']:
+      builder = builders.prepare(name, _DATA_DIR.value)
+      print(f'{name}: {builder.data_dir}')
+    return
+
+  if not _WORKDIR.value:
+    sys.exit('error: --workdir is required.')
+  config = _validated_config()
+  from vidlang_jax import train
+
+  if command == 'train':
+    metrics = train.train_and_evaluate(config, _WORKDIR.value)
+    print(json.dumps({k: v for k, v in metrics.items() if not k.startswith('eval/')},
+                     default=float, indent=1))
+  else:
+    results = train.evaluate(config, _WORKDIR.value)
+    print_results(results, os.path.join(_WORKDIR.value, 'eval', f'{results["step"]}.json'))
+
+
+def print_results(results: dict, path: str) -> None:
+  """A small table of the headline metrics."""
+  print(f'\nEvaluation at step {results["step"]} (written to {path}):')
+  rows = [('text -> video', 't2v'), ('video -> text', 'v2t')]
+  if 't2v_r1' in results:
+    print(f'  {"":15s} {"R@1":>6s} {"R@5":>6s} {"R@10":>6s} {"median rank":>12s}')
+    for title, prefix in rows:
+      print(f'  {title:15s} ' + ' '.join(f'{results[f"{prefix}_r{k}"]:6.3f}' for k in (1, 5, 10))
+            + f' {results[f"{prefix}_median_rank"]:12.1f}')
+    print(f'  chance R@1 = {results["chance_r1"]:.4f}')
+  others = {k: v for k, v in results.items()
+            if k != 'step' and not k.startswith(('t2v_', 'v2t_', 'chance'))}
+  for key, value in others.items():
+    print(f'  {key}: {value}')
+
+
+def run() -> None:
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,146 @@
+"""Transformer building blocks shared by every tower, with logical axis names on every weight.
+
+Logical names (mapped to mesh axes by `sharding.LOGICAL_AXIS_RULES`): `embed` (model width),
+`mlp` (hidden width), `heads`, `kv` (head dim), `vocab`, `layers` (the scanned stack).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vidlang_jax.ops.attention import dot_product_attention
+
+Dtype = Any
+
+
+def partitioned(init: Callable[..., jax.Array], *axes: str | None) -> Callable[..., jax.Array]:
+  return nn.with_logical_partitioning(init, axes)
+
+
+def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
+  """Activation sharding hint by logical names (a no-op outside a mesh)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention over `[batch, length, embed]` using the reference attention op."""
+
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  causal: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f'width {width} is not divisible by num_heads {self.num_heads}.')
+    head_dim = width // self.num_heads
+    init = nn.initializers.xavier_uniform()
+    proj = lambda name: nn.DenseGeneral(
+        (self.num_heads, head_dim), dtype=self.dtype, name=name,
+        kernel_init=partitioned(init, 'embed', 'heads', 'kv'),
+        bias_init=partitioned(nn.initializers.zeros, 'heads', 'kv'))
+    # [batch, length, heads, head_dim]
+    q, k, v = proj('query')(x), proj('key')(x), proj('value')(x)
+    out = dot_product_attention(q, k, v, causal=self.causal, segment_ids=segment_ids)
+    return nn.DenseGeneral(
+        width, axis=(-2, -1), dtype=self.dtype, name='out',
+        kernel_init=partitioned(init, 'heads', 'kv', 'embed'),
+        bias_init=partitioned(nn.initializers.zeros, 'embed'))(out)
+
+
+class Mlp(nn.Module):
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    init = nn.initializers.xavier_uniform()
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=partitioned(init, 'embed', 'mlp'),
+                 bias_init=partitioned(nn.initializers.zeros, 'mlp'))(x)
+    x = nn.gelu(x)
+    x = constrain(x, 'batch', 'length', 'mlp')
+    return nn.Dense(width, dtype=self.dtype, kernel_init=partitioned(init, 'mlp', 'embed'),
+                    bias_init=partitioned(nn.initializers.zeros, 'embed'))(x)
+
+
+def layer_norm(name: str | None = None, dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+  return nn.LayerNorm(dtype=dtype, name=name,
+                      scale_init=partitioned(nn.initializers.ones, 'embed'),
+                      bias_init=partitioned(nn.initializers.zeros, 'embed'))
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN transformer block; `attention='divided'` attends over time, then space (TimeSformer).
+
+  For divided attention `x` is `[batch, time, space, embed]`; otherwise `[batch, length, embed]`.
+  Returns `(x, None)` so that it can be scanned.
+  """
+
+  num_heads: int
+  mlp_dim: int
+  attention: str = 'joint'
+  causal: bool = False
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None,
+               train: bool = False) -> tuple[jax.Array, None]:
+    drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
+    attn = lambda name: MultiHeadAttention(self.num_heads, self.dtype, self.causal, name=name)
+    if self.attention == 'divided':
+      batch, time, space, width = x.shape
+      # Time attention: each spatial location attends over frames.
+      y = layer_norm('norm_time', self.dtype)(x)
+      y = jnp.swapaxes(y, 1, 2).reshape(batch * space, time, width)
+      y = attn('attn_time')(y).reshape(batch, space, time, width)
+      x = x + drop(jnp.swapaxes(y, 1, 2))
+      # Space attention: each frame attends over its patches.
+      y = layer_norm('norm_space', self.dtype)(x).reshape(batch * time, space, width)
+      y = attn('attn_space')(y).reshape(batch, time, space, width)
+      x = x + drop(y)
+    elif self.attention == 'joint':
+      y = attn('attn')(layer_norm('norm_attn', self.dtype)(x), segment_ids)
+      x = x + drop(y)
+    else:
+      raise ValueError(f"attention must be 'joint' or 'divided', got {self.attention!r}.")
+    x = x + drop(Mlp(self.mlp_dim, self.dtype, name='mlp')(layer_norm('norm_mlp', self.dtype)(x)))
+    return x, None
+
+
+class Encoder(nn.Module):
+  """A stack of `EncoderBlock`s, scanned over layers (one compiled block) with optional remat."""
+
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  attention: str = 'joint'
+  causal: bool = False
+  dropout: float = 0.0
+  scan: bool = True
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None, *,
+               train: bool = False) -> jax.Array:
+    block = EncoderBlock
+    if self.remat:
+      block = nn.remat(block, static_argnums=(3,))
+    kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, attention=self.attention,
+                  causal=self.causal, dropout=self.dropout, dtype=self.dtype)
+    if self.scan:
+      stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = stack(name='blocks', **kwargs)(x, segment_ids, train)
+    else:
+      for i in range(self.num_layers):
+        x, _ = block(name=f'block_{i}', **kwargs)(x, segment_ids, train)
+    return layer_norm('norm_out', self.dtype)(x)

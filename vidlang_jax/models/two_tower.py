@@ -1,0 +1,80 @@
+"""Two-tower video-text model (CLIP / SigLIP style) and its contrastive objective."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vidlang_jax import registry
+from vidlang_jax.models import Objective, layers
+from vidlang_jax.models.text_transformer import TextTransformer
+from vidlang_jax.models.video_vit import VideoViT
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+  return x / jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)
+
+
+@registry.register('model.two_tower')
+class TwoTower(nn.Module):
+  """`video` tower (VideoViT) + `text` tower, projected to a shared `embed_dim` and normalised.
+
+  `temperature_init` and `bias_init` follow SigLIP (t' = log 10, b = -10) by default; CLIP uses
+  temperature_init = 1 / 0.07 and no bias.
+  """
+
+  video: dict[str, Any]
+  text: dict[str, Any]
+  embed_dim: int = 512
+  temperature_init: float = 10.0
+  bias_init: float | None = -10.0
+
+  def setup(self):
+    self.video_tower = VideoViT(**self.video, name='video')
+    self.text_tower = TextTransformer(**self.text, name='text')
+    proj = lambda name: nn.Dense(
+        self.embed_dim, use_bias=False, name=name,
+        kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed', None))
+    self.video_proj, self.text_proj = proj('video_proj'), proj('text_proj')
+    self.logit_scale = self.param('logit_scale', nn.initializers.constant(
+        math.log(self.temperature_init)), ())
+    if self.bias_init is not None:
+      self.logit_bias = self.param('logit_bias', nn.initializers.constant(self.bias_init), ())
+
+  def encode_video(self, video: jax.Array, *, train: bool = False) -> jax.Array:
+    """`[batch, time, height, width, 3]` -> normalised `[batch, embed_dim]`."""
+    pooled, _ = self.video_tower(video, train=train)
+    return _l2_normalize(self.video_proj(pooled).astype(jnp.float32))
+
+  def encode_text(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:
+    """`[batch, length]` -> normalised `[batch, embed_dim]`."""
+    pooled, _ = self.text_tower(tokens, train=train)
+    return _l2_normalize(self.text_proj(pooled).astype(jnp.float32))
+
+  def __call__(self, video: jax.Array, tokens: jax.Array, *, train: bool = False):
+    """Returns (video_emb, text_emb, logit_scale, logit_bias or None)."""
+    bias = self.logit_bias if self.bias_init is not None else None
+    return (self.encode_video(video, train=train), self.encode_text(tokens, train=train),
+            self.logit_scale, bias)
+
+
+@registry.register('objective.contrastive')
+def contrastive_objective(model: nn.Module, config: ml_collections.ConfigDict) -> Objective:
+  """Video-text contrastive training; `config.loss.kind` is 'sigmoid' (SigLIP) or 'softmax' (CLIP)."""
+  pairwise = registry.lookup(config.loss.kind, kind='loss')
+
+  def init(rng, batch):
+    one = lambda x: jnp.zeros((1,) + tuple(x.shape[1:]), x.dtype)
+    return model.init(rng, one(batch['video']), one(batch['text']))['params']
+
+  def loss(params, batch, rng, train=True):
+    video_emb, text_emb, scale, bias = model.apply(
+        {'params': params}, batch['video'], batch['text'], train=train, rngs={'dropout': rng})
+    return pairwise(video_emb, text_emb, scale, bias)
+
+  return Objective(init=init, loss=loss)

@@ -1,0 +1,106 @@
+"""Video ViT: 3D tubelet patches, factorised space + time position embeddings, joint or divided
+space-time attention. Shared by the two-tower model and masked video modeling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vidlang_jax.models import layers
+
+
+def patchify(video: jax.Array, tubelet: tuple[int, int, int]) -> jax.Array:
+  """`[batch, time, height, width, channels]` -> `[batch, t, h, w, pt*ph*pw*channels]`."""
+  pt, ph, pw = tubelet
+  _, time, height, width, _ = video.shape
+  if time % pt or height % ph or width % pw:
+    raise ValueError(f'video of {time}x{height}x{width} (time x height x width) is not divisible '
+                     f'by the tubelet {pt}x{ph}x{pw}.')
+  return einops.rearrange(video, 'b (t pt) (h ph) (w pw) c -> b t h w (pt ph pw c)',
+                          pt=pt, ph=ph, pw=pw)
+
+
+def _resize_embedding(emb: jax.Array, length: int) -> jax.Array:
+  """Linear interpolation of `[n, width]` position embeddings to `[length, width]`."""
+  if emb.shape[0] == length:
+    return emb
+  return jax.image.resize(emb, (length, emb.shape[1]), method='linear')
+
+
+class VideoViT(nn.Module):
+  """Encodes `[batch, time, height, width, channels]` videos.
+
+  `num_frames`, `image_size` size the position embeddings; other frame counts at apply time
+  interpolate the time embedding (so a model trained on 8 frames evaluates on 16).
+  """
+
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_dim: int | None = None
+  tubelet: tuple[int, int, int] = (2, 16, 16)
+  num_frames: int = 16
+  image_size: int = 224
+  attention: str = 'joint'   # 'joint' | 'divided'
+  pool: str = 'gap'          # 'gap' | 'map' (attention pooling, as in SigLIP)
+  dropout: float = 0.0
+  scan: bool = True
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    pt, ph, pw = self.tubelet
+    self.grid = (self.num_frames // pt, self.image_size // ph, self.image_size // pw)
+    init = nn.initializers.normal(0.02)
+    self.patch_embed = nn.Dense(self.width, dtype=self.dtype, name='patch_embed',
+                                kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
+                                                               None, 'embed'),
+                                bias_init=layers.partitioned(nn.initializers.zeros, 'embed'))
+    self.pos_time = self.param('pos_time', layers.partitioned(init, None, 'embed'),
+                               (self.grid[0], self.width))
+    self.pos_space = self.param('pos_space', layers.partitioned(init, None, 'embed'),
+                                (self.grid[1] * self.grid[2], self.width))
+    self.encoder = layers.Encoder(
+        self.depth, self.num_heads, self.mlp_dim or 4 * self.width, attention=self.attention,
+        dropout=self.dropout, scan=self.scan, remat=self.remat, dtype=self.dtype, name='encoder')
+    if self.pool == 'map':
+      self.pool_query = self.param('pool_query', layers.partitioned(init, None, None, 'embed'),
+                                   (1, 1, self.width))
+      self.pool_attention = nn.MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype,
+                                                            name='pool_attention')
+
+  def embed(self, video: jax.Array) -> jax.Array:
+    """Tubelet tokens with position embeddings: `[batch, t, h*w, width]`."""
+    patches = patchify(video, self.tubelet)
+    _, t, h, w, _ = patches.shape
+    if (h, w) != self.grid[1:]:
+      raise ValueError(f'frames give a {h}x{w} patch grid but the model was built for '
+                       f'{self.grid[1]}x{self.grid[2]} (image_size={self.image_size}).')
+    tokens = self.patch_embed(patches.astype(self.dtype))
+    tokens = einops.rearrange(tokens, 'b t h w d -> b t (h w) d')
+    tokens = tokens + _resize_embedding(self.pos_time, t)[None, :, None]
+    tokens = tokens + self.pos_space[None, None]
+    return layers.constrain(tokens, 'batch', None, None, 'embed')
+
+  def encode_tokens(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:
+    """Runs the transformer on `[batch, t, s, width]` (divided) or `[batch, n, width]` tokens."""
+    if self.attention == 'joint' and tokens.ndim == 4:
+      tokens = einops.rearrange(tokens, 'b t s d -> b (t s) d')
+    out = self.encoder(tokens, train=train)
+    return einops.rearrange(out, 'b t s d -> b (t s) d') if out.ndim == 4 else out
+
+  def pool_tokens(self, tokens: jax.Array) -> jax.Array:
+    """`[batch, n, width]` -> `[batch, width]`."""
+    if self.pool == 'gap':
+      return tokens.mean(axis=1)
+    query = jnp.broadcast_to(self.pool_query, (tokens.shape[0], 1, self.width))
+    return self.pool_attention(query, tokens)[:, 0]
+
+  def __call__(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Returns (pooled `[batch, width]`, tokens `[batch, n, width]`)."""
+    tokens = self.encode_tokens(self.embed(video), train=train)
+    return self.pool_tokens(tokens), tokens

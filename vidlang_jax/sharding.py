@@ -1,0 +1,131 @@
+"""Device mesh from config, logical-axis rules, regex overrides, and batch placement.
+
+Weights carry logical axis names (`embed`, `mlp`, `heads`, …, see models/layers.py); the rules
+below map them to mesh axes, so FSDP, tensor and sequence parallelism are config, not model code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor', 'sequence')
+BATCH_AXES = ('data', 'fsdp')
+
+# Logical name -> mesh axes. Weights are sharded over `fsdp` on their model dimension
+# (ZeRO-3 style) and over `tensor` on heads / hidden; activations over the batch axes.
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ('batch', BATCH_AXES),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('vocab', 'tensor'),
+    ('length', 'sequence'),
+    ('layers', None),
+)
+
+
+def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """`dict(data=-1, fsdp=1, tensor=1, sequence=1)` -> Mesh; one `-1` axis takes the rest."""
+  unknown = set(mesh_config) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f'Unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}.')
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = {name: int(mesh_config.get(name, 1)) for name in MESH_AXES}
+  auto = [name for name, size in sizes.items() if size == -1]
+  if len(auto) > 1:
+    raise ValueError(f'Only one mesh axis may be -1, got {auto}.')
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if auto:
+    if len(devices) % fixed:
+      raise ValueError(f'{len(devices)} devices are not divisible by the fixed mesh axes '
+                       f'{ {k: v for k, v in sizes.items() if v != -1} }.')
+    sizes[auto[0]] = len(devices) // fixed
+  if math.prod(sizes.values()) != len(devices):
+    raise ValueError(f'Mesh {sizes} needs {math.prod(sizes.values())} devices, '
+                     f'but {len(devices)} are available.')
+  shape = tuple(sizes[name] for name in MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4,
+                       devices=devices)
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+  """Tree path as 'video/encoder/blocks/mlp/Dense_0/kernel' (dict keys and indices only)."""
+  parts = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
+    elif isinstance(key, jax.tree_util.GetAttrKey) and key.name not in ('value',):
+      parts.append(key.name)
+  return '/'.join(parts)
+
+
+def tree_paths(tree: Any) -> Any:
+  """A tree of the same structure holding each leaf's path string."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: _path_str(path), tree)
+
+
+def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:
+  """Drops mesh axes from dimensions they do not divide (e.g. a 3-wide bias over fsdp=8)."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes_tuple = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[a] for a in axes_tuple)
+    if size > 1 and dim % size:
+      logging.info('Replicating dim of size %d of %s (not divisible by %s).', dim, name, axes)
+      axes = None
+    fitted.append(axes)
+  return P(*fitted)
+
+
+def infer_shardings(
+    abstract_tree: Any,
+    mesh: Mesh,
+    logical_rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+    regex_rules: Sequence[tuple[str, Sequence[Any]]] = (),
+) -> Any:
+  """NamedShardings for a (boxed) abstract tree from `jax.eval_shape`.
+
+  Leaves carrying logical names use `logical_rules`; `regex_rules` are (regex, spec) pairs
+  matched against the leaf path (first match wins) and override them, e.g.
+  `('.*pos_embedding', ())` to replicate. Unboxed leaves without a rule are replicated.
+  """
+  logical_specs = nn.get_partition_spec(abstract_tree)
+  mesh_specs = nn.logical_to_mesh(logical_specs, logical_rules)
+  paths = tree_paths(nn.meta.unbox(abstract_tree))
+  compiled = [(re.compile(pattern), spec) for pattern, spec in regex_rules]
+  shapes = nn.meta.unbox(abstract_tree)
+
+  def one(spec, leaf, path):
+    for pattern, override in compiled:
+      if pattern.fullmatch(path):
+        spec = P(*override)
+        break
+    spec = spec if isinstance(spec, P) else P()
+    return NamedSharding(mesh, _fit_spec(spec, tuple(getattr(leaf, 'shape', ())), mesh, path))
+
+  return jax.tree.map(one, mesh_specs, shapes, paths,
+                      is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+  """Leading (batch) dimension over the data axes, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles global arrays from each process's slice of the batch (multi-host safe)."""
+  return {
+      key: jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim), value)
+      for key, value in local_batch.items()
+  }

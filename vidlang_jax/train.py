@@ -1,0 +1,232 @@
+"""The one training loop for every model family: read it top to bottom.
+
+logging -> mesh -> input -> model & shapes -> sharded init -> update step -> restore ->
+evaluators -> loop. A family plugs in with `model.<name>` + `objective.<name>` (models/) and
+evaluators by name; nothing here is family-specific.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from vidlang_jax import checkpoint as checkpoint_lib
+from vidlang_jax import registry, sharding
+from vidlang_jax.data import pipeline
+from vidlang_jax.metrics import MetricWriter, to_python
+from vidlang_jax.optimizer import make_optimizer
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+  kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+  return registry.lookup(config.model.name, kind='model')(**kwargs)
+
+
+def measure_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+  """Achievable matmul FLOP/s of one local device, measured (for MFU on CPU)."""
+  device = jax.local_devices()[0]
+  a = jax.device_put(jnp.ones((size, size), jnp.float32), device)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = matmul(a)
+  out.block_until_ready()
+  return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def train_state_layout(config, objective, tx, mesh, batch_spec):
+  """(init_fn, shardings, abstract state with shardings), without allocating anything."""
+
+  def init(rng):
+    params = objective.init(rng, batch_spec)
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+  boxed = jax.eval_shape(init, jax.random.key(0))
+  rules = [tuple(r) for r in config.sharding.logical_axis_rules] or sharding.LOGICAL_AXIS_RULES
+  shardings = sharding.infer_shardings(boxed, mesh, rules,
+                                       [tuple(r) for r in config.sharding.rules])
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  return (lambda rng: nn.meta.unbox(init(rng))), shardings, abstract
+
+
+def make_train_step(objective, tx, schedule, state_shardings):
+  """jit-ed `(state, batch, rng) -> (state, metrics)`; the old state is donated."""
+
+  @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=(state_shardings, None))
+  def train_step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state['step'])
+    grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
+    (loss, metrics), grads = grad_fn(state['params'], batch, rng, True)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                   learning_rate=schedule(state['step']))
+    return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+
+  return train_step
+
+
+def write_eval(workdir: str, step: int, results: dict[str, Any]) -> str:
+  os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
+  path = os.path.join(workdir, 'eval', f'{step}.json')
+  if jax.process_index() == 0:
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump({'step': step, **{k: to_python(v) for k, v in results.items()}}, f, indent=2)
+  return path
+
+
+def build_evaluators(config, model, mesh) -> dict[str, Any]:
+  evaluators = {}
+  for name, eval_config in config.get('evals', {}).items():
+    cls = registry.lookup(eval_config.type, kind='evaluator')
+    evaluators[name] = cls(model=model, config=config, eval_config=eval_config, mesh=mesh)
+  return evaluators
+
+
+def run_evals(evaluators, params, step: int, workdir: str) -> dict[str, Any]:
+  results = {}
+  for name, evaluator in evaluators.items():
+    results.update(evaluator.run(params, step=step, workdir=workdir))
+  if results:
+    write_eval(workdir, step, results)
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains to `config.total_steps` (resuming from `workdir`) and returns the last metrics."""
+  # ---------------------------------------------------------------- logging
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json(indent=2))
+  writer = MetricWriter(workdir)
+
+  # ---------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info('Mesh %s over %d devices (%d processes).', dict(mesh.shape), mesh.size,
+               jax.process_count())
+
+  # ---------------------------------------------------------------- input
+  train_iter = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
+                                       seed=config.seed)
+  batch_spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
+
+  with jax.set_mesh(mesh):
+    # -------------------------------------------------------------- model & shapes
+    model = build_model(config)
+    objective = registry.lookup(config.objective, kind='objective')(model, config)
+    tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+
+    # -------------------------------------------------------------- sharded init
+    init, state_shardings, abstract_state = train_state_layout(config, objective, tx, mesh,
+                                                               batch_spec)
+    state = jax.jit(init, out_shardings=state_shardings)(init_rng)
+    num_params = sum(x.size for x in jax.tree.leaves(state['params']))
+    logging.info('Model %s: %.2fM params.', config.model.name, num_params / 1e6)
+
+    # -------------------------------------------------------------- update step
+    train_step = make_train_step(objective, tx, schedule, state_shardings)
+    compiled_step = train_step.lower(state, batch_spec, train_rng).compile()
+    cost = compiled_step.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    step_flops = float((cost or {}).get('flops', 0.0))  # per device
+    peak_flops = float(config.get('peak_flops_per_device') or measure_peak_flops())
+    logging.info('Train step: %.3g FLOPs per device; peak %.3g FLOP/s per device.', step_flops,
+                 peak_flops)
+
+    # -------------------------------------------------------------- restore
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                               max_to_keep=config.get('keep_checkpoints', 3))
+    restored = checkpointer.restore_latest(abstract_state, train_iter)
+    if restored is not None:
+      start_step, state = restored
+      logging.info('Resumed from %s at step %d.', checkpointer.directory, start_step)
+    else:
+      start_step = 0
+      if config.init_from:
+        params = checkpoint_lib.load_params(
+            config.init_from.path, state['params'], mesh=mesh,
+            load=[tuple(r) for r in config.init_from.get('load', [('(.*)', r'\1')])],
+            dont_load=list(config.init_from.get('dont_load', [])))
+        state = dict(state, params=params)
+
+    # -------------------------------------------------------------- evaluators
+    evaluators = build_evaluators(config, model, mesh)
+
+    # -------------------------------------------------------------- loop
+    metrics: dict[str, Any] = {}
+    progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc='train',
+                         disable=jax.process_index() != 0, dynamic_ncols=True)
+    window_start, data_wait, skipped, window_steps = time.perf_counter(), 0.0, 0, 0
+    for step in range(start_step + 1, config.total_steps + 1):
+      wait_start = time.perf_counter()
+      local_batch = next(train_iter)
+      data_wait += time.perf_counter() - wait_start
+      skipped += int(local_batch.pop('num_skipped').sum())
+      state, step_metrics = compiled_step(state, sharding.shard_batch(local_batch, mesh),
+                                          train_rng)
+      window_steps += 1
+      progress.update(1)
+
+      if step % config.log_every == 0 or step == config.total_steps:
+        metrics = jax.device_get(step_metrics)
+        if not np.isfinite(metrics['loss']):
+          raise FloatingPointError(f'Loss is {metrics["loss"]} at step {step}.')
+        elapsed = time.perf_counter() - window_start
+        metrics.update(
+            examples_per_sec=config.batch_size * window_steps / elapsed,
+            data_wait_fraction=data_wait / elapsed,
+            mfu=step_flops * window_steps / elapsed / peak_flops,
+            data_skipped=skipped)
+        writer.write(step, metrics)
+        progress.set_postfix(loss=f'{metrics["loss"]:.3f}')
+        window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        checkpointer.save(step, state, train_iter, config.to_dict())
+
+      if evaluators and (step % config.eval_every == 0 or step == config.total_steps):
+        results = run_evals(evaluators, state['params'], step, workdir)
+        writer.write(step, {f'eval/{k}': v for k, v in results.items()})
+        window_start = time.perf_counter()  # eval time is not training throughput
+
+    progress.close()
+    checkpointer.close()
+    writer.close()
+  if hasattr(train_iter, 'close'):
+    train_iter.close()
+  return metrics
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint in `workdir`; writes and returns `eval/<step>.json`."""
+  mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    model = build_model(config)
+    objective = registry.lookup(config.objective, kind='objective')(model, config)
+    tx, _ = make_optimizer(config.optimizer, config.total_steps)
+    batch_spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
+    _, _, abstract_state = train_state_layout(config, objective, tx, mesh, batch_spec)
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+    restored = checkpointer.restore_latest(abstract_state, None)
+    if restored is None:
+      raise FileNotFoundError(f'No checkpoint to evaluate in {workdir}/checkpoints.')
+    step, state = restored
+    results = run_evals(build_evaluators(config, model, mesh), state['params'], step, workdir)
+    checkpointer.close()
+  return {'step': step, **results}
