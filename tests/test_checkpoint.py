@@ -1,0 +1,100 @@
+"""Save -> restore (onto another mesh) -> identical next step; damaged checkpoints; partial load."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from vidlang_jax import checkpoint as checkpoint_lib
+from vidlang_jax import registry, sharding, train
+from vidlang_jax.data import pipeline
+from vidlang_jax.optimizer import make_optimizer
+
+from helpers import synthetic_batch, tiny_config
+
+
+def setup_run(config, devices=None):
+  mesh = sharding.make_mesh(config.mesh, devices)
+  model = train.build_model(config)
+  objective = registry.lookup(config.objective, kind='objective')(model, config)
+  tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+  spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
+  with jax.set_mesh(mesh):
+    init, shardings, abstract = train.train_state_layout(config, objective, tx, mesh, spec)
+  step = train.make_train_step(objective, tx, schedule, shardings)
+  return mesh, init, shardings, abstract, step
+
+
+def next_loss(mesh, step, state, config, seed):
+  with jax.set_mesh(mesh):
+    batch = sharding.shard_batch(synthetic_batch(config, seed=seed), mesh)
+    state, metrics = step(state, batch, jax.random.key(1))
+  return state, float(metrics['loss'])
+
+
+def test_save_restore_identical_next_step(tmp_path):
+  config = tiny_config()
+  config.mesh.update(data=2, fsdp=4)
+  mesh, init, shardings, _, step = setup_run(config)
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+  state, _ = next_loss(mesh, step, state, config, seed=0)
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'))
+  checkpointer.save(1, state, None, config.to_dict())
+  checkpointer.wait()
+  _, expected = next_loss(mesh, step, state, config, seed=1)
+
+  # Restore onto a different mesh (fsdp=8): resharding on load.
+  config.mesh.update(data=1, fsdp=8)
+  mesh2, _, _, abstract2, step2 = setup_run(config)
+  restored_step, restored = checkpointer.restore_latest(abstract2, None)
+  assert restored_step == 1
+  assert 'fsdp' in str(restored['params']['video']['encoder']['blocks']['mlp']['Dense_0']
+                       ['kernel'].sharding.spec)
+  _, actual = next_loss(mesh2, step2, restored, config, seed=1)
+  np.testing.assert_allclose(actual, expected, rtol=1e-5)
+  checkpointer.close()
+
+
+def test_damaged_latest_checkpoint_falls_back(tmp_path):
+  config = tiny_config()
+  mesh, init, shardings, abstract, _ = setup_run(config)
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), async_save=False)
+  checkpointer.save(1, state, None, {})
+  checkpointer.save(2, state, None, {})
+  shutil.rmtree(tmp_path / 'ckpt' / '2' / 'state')  # a half-deleted newest checkpoint
+  step, _ = checkpointer.restore_latest(abstract, None)
+  assert step == 1
+  checkpointer.close()
+
+
+def test_load_params_partial_and_shape_mismatch(tmp_path):
+  config = tiny_config()
+  mesh, init, shardings, _, _ = setup_run(config)
+  with jax.set_mesh(mesh):
+    source = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    target = jax.jit(init, out_shardings=shardings)(jax.random.key(7))
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'run' / 'checkpoints'),
+                                             async_save=False)
+  checkpointer.save(5, source, None, {})
+  checkpointer.close()
+  loaded = checkpoint_lib.load_params(str(tmp_path / 'run'), target['params'],
+                                      load=[('video/(.*)', r'video/\1')], dont_load=['.*pos_.*'])
+  np.testing.assert_array_equal(loaded['video']['patch_embed']['kernel'],
+                                source['params']['video']['patch_embed']['kernel'])
+  np.testing.assert_array_equal(loaded['video']['pos_time'], target['params']['video']['pos_time'])
+  np.testing.assert_array_equal(loaded['text']['token_embedding'],
+                                target['params']['text']['token_embedding'])
+  # Loading the video tower's patch embedding into the text embedding: shapes differ.
+  with pytest.raises(ValueError, match='Shape mismatch.*video/patch_embed/kernel'):
+    checkpoint_lib.load_params(str(tmp_path / 'run'), target['params'],
+                               load=[('text/token_embedding', 'video/patch_embed/kernel')])
+  with pytest.raises(KeyError, match='video/nonexistent'):
+    checkpoint_lib.load_params(str(tmp_path / 'run'), target['params'],
+                               load=[('video/(.*)', r'video/nonexistent')])
+  with pytest.raises(FileNotFoundError, match='does-not-exist'):
+    checkpoint_lib.load_params(str(tmp_path / 'does-not-exist'), target['params'])
