@@ -85,8 +85,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.prefetch = 8
     c.model.embed_dim = 128
     c.model.video.update(dict(width=128, depth=4, num_heads=4, mlp_dim=512, tubelet=(2, 8, 8),
-                              num_frames=8, image_size=32, pool='gap', remat=False))
-    c.model.text.update(dict(width=128, depth=2, num_heads=4, mlp_dim=512, remat=False))
+                              num_frames=8, image_size=32, pool='gap', scan=False,
+                              remat=False))
+    c.model.text.update(dict(width=128, depth=2, num_heads=4, mlp_dim=512, scan=False,
+                             remat=False))
     c.batch_size = 128
     c.total_steps = arg.steps or 1200
     c.optimizer.learning_rate = 1e-3

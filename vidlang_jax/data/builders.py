@@ -68,14 +68,18 @@ def data_source(name: str, split: str, data_dir: str | None = None,
 
 def tokenizer_for(builder: tfds.core.DatasetBuilder,
                   vocab_size: int = 1000) -> tokenizers.Tokenizer:
-  """The dataset's caption tokenizer, trained on its train captions the first time.
+  """The caption tokenizer at `<data_dir>/tokenizer.json`, trained on train captions once.
 
-  Saved as `<data_dir>/tokenizer.json` (`tokenizer_<vocab_size>.json` for other sizes).
+  Ids are always < `vocab_size`: a saved tokenizer with a larger vocabulary is retrained (a
+  smaller one is kept; small caption sets cannot fill a large vocabulary).
   """
-  file = 'tokenizer.json' if vocab_size == 1000 else f'tokenizer_{vocab_size}.json'
-  path = os.path.join(builder.data_dir, file)
+  path = os.path.join(builder.data_dir, 'tokenizer.json')
   if os.path.exists(path):
-    return tokenizer_lib.load_tokenizer(path)
+    tokenizer = tokenizer_lib.load_tokenizer(path)
+    if tokenizer.get_vocab_size() <= vocab_size:
+      return tokenizer
+    logging.warning('%s has %d tokens > vocab_size=%d: retraining.', path,
+                    tokenizer.get_vocab_size(), vocab_size)
   splits = builder.info.splits
   names = ['train'] if 'train' in splits else list(splits)  # A folder may lack train.
   captions = [record['caption'].decode('utf-8')

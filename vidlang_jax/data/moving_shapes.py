@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import multiprocessing
+import os
 import sys
 from typing import Iterator, Sequence
 
@@ -124,37 +125,50 @@ def _sample_object(rng: np.random.Generator, shape: int, colour: int, height: in
     scale = (0.7, 1.4) if name == 'grow' else (1.4, 0.7)
   elif name == 'rotate':
     spin = rng.uniform(np.pi / 2, np.pi) * rng.choice([-1, 1])
-  # Start so that the whole path, at the largest scale, stays inside the frame.
-  ext = radius * _EXTENT * max(scale) * min(height, width)
-  ext_x, ext_y = ext / width + _MARGIN, ext / height + _MARGIN
+  ext_x, ext_y = _extent(radius, scale, height, width)
   dx = float(np.clip(dx, 2 * ext_x - 1, 1 - 2 * ext_x))  # Only bites on very flat frames.
   dy = float(np.clip(dy, 2 * ext_y - 1, 1 - 2 * ext_y))
-  x = rng.uniform(ext_x - min(dx, 0.0), 1 - ext_x - max(dx, 0.0))
-  y = rng.uniform(ext_y - min(dy, 0.0), 1 - ext_y - max(dy, 0.0))
-  return SceneObject(shape, colour, size, motion, x, y, radius, dx, dy, 0.0, spin, scale)
+  obj = SceneObject(shape, colour, size, motion, 0.5, 0.5, radius, dx, dy, 0.0, spin, scale)
+  return _place(rng, obj, height, width)
+
+
+def _extent(radius: float, scale: tuple[float, float], height: int,
+            width: int) -> tuple[float, float]:
+  """Half-size (x, y) of the object at its largest, plus margin, as fractions of the frame."""
+  ext = radius * _EXTENT * max(scale) * min(height, width)
+  return ext / width + _MARGIN, ext / height + _MARGIN
+
+
+def _place(rng: np.random.Generator, obj: SceneObject, height: int, width: int) -> SceneObject:
+  """A random start such that the whole path, at the largest scale, stays inside the frame."""
+  ext_x, ext_y = _extent(obj.radius, obj.scale, height, width)
+  x = rng.uniform(ext_x - min(obj.dx, 0.0), 1 - ext_x - max(obj.dx, 0.0))
+  y = rng.uniform(ext_y - min(obj.dy, 0.0), 1 - ext_y - max(obj.dy, 0.0))
+  return dataclasses.replace(obj, x=x, y=y)
 
 
 def sample_scene(rng: np.random.Generator, height: int = 64, width: int = 64,
                  ) -> list[SceneObject]:
   """1-3 objects with distinct (shape, colour); the first is the "main" (labelled) object.
 
-  Placement retries a few times to keep objects apart at the start, middle and end of the clip;
-  if it cannot, some overlap is accepted (the main object is drawn on top).
+  Start positions are re-drawn (up to 30 times; attributes are kept, so label statistics are
+  unaffected) to keep objects apart at the start, middle and end of the clip; failing that,
+  the least overlapping placement is used (the main object is drawn on top).
   """
   num = int(rng.choice(3, p=_NUM_OBJECTS_P)) + 1
   pairs = rng.permutation(len(SHAPES) * len(COLOURS))[:num]
   scene = []
   for pair in pairs:
-    shape, colour = divmod(int(pair), len(COLOURS))
-    best, best_gap = None, -np.inf
-    for _ in range(10):
-      candidate = _sample_object(rng, shape, colour, height, width)
-      gap = min((_gap(candidate, other, t, height, width) for other in scene
-                 for t in (0.0, 0.5, 1.0)), default=np.inf)
+    candidate = _sample_object(rng, *divmod(int(pair), len(COLOURS)), height, width)
+    best, best_gap = candidate, -np.inf
+    for _ in range(30 if scene else 0):
+      gap = min(_gap(candidate, other, t, height, width) for other in scene
+                for t in (0.0, 0.5, 1.0))
       if gap > best_gap:
         best, best_gap = candidate, gap
       if gap >= 0:
         break
+      candidate = _place(rng, candidate, height, width)
     scene.append(best)
   return scene
 
@@ -303,7 +317,7 @@ class MovingShapesConfig(tfds.core.BuilderConfig):
   num_frames: int = 16
   height: int = 64
   width: int = 64
-  num_train: int = 10_000
+  num_train: int = 20_000
   num_validation: int = 500
   num_test: int = 1000
   seed: int = 0
@@ -354,7 +368,7 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
   # `vidlang_jax` is a namespace package). It only needs the path.
   code_path = epath.Path(__file__)
   def __init__(self, *, num_workers: int | None = None, **kwargs):
-    """`num_workers` > 1 renders + encodes in that many processes (default: in-process)."""
+    """`num_workers` processes render + encode (default: all CPUs, or 1 once JAX is imported)."""
     self.num_workers = num_workers
     kwargs.setdefault('file_format', 'array_record')  # TFRecord would need TensorFlow.
     super().__init__(**kwargs)
@@ -380,14 +394,16 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
     )
 
   def _download_and_prepare(self, dl_manager, download_config=None):
-    # One worker pool for all splits. 'fork' is cheap but unsafe once JAX (multithreaded) is
-    # imported, then 'spawn', which re-imports `__main__` (scripts need a main guard).
+    # One worker pool for all splits. Default: all CPUs via 'fork', unless JAX (multithreaded,
+    # so fork may deadlock) is imported; then in-process unless num_workers asks for 'spawn'
+    # (which re-imports `__main__`: scripts need a main guard).
     c = self.builder_config
-    workers = self.num_workers or 1
-    if workers == 1 or c.num_train + c.num_validation + c.num_test < 500:  # Start-up ~1 s.
+    jax_loaded = 'jax' in sys.modules
+    workers = self.num_workers or (1 if jax_loaded else os.cpu_count() or 1)
+    if workers == 1 or c.num_train + c.num_validation + c.num_test < 500:  # Start-up cost.
       self._pool = None
       return super()._download_and_prepare(dl_manager, download_config)
-    context = multiprocessing.get_context('spawn' if 'jax' in sys.modules else 'fork')
+    context = multiprocessing.get_context('spawn' if jax_loaded else 'fork')
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as self._pool:
       return super()._download_and_prepare(dl_manager, download_config)
 
