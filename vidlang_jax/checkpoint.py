@@ -20,6 +20,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vidlang_jax.sharding import tree_paths
 
+log = logging.getLogger(__name__)
+
 
 class Checkpointer:
   """`workdir/checkpoints/<step>/{state,data,config}`; async saves, keeps the last `max_to_keep`."""
@@ -51,7 +53,7 @@ class Checkpointer:
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except (KeyError, ValueError, FileNotFoundError) as e:
-        logging.warning('Checkpoint %d in %s does not load (%s); trying an older one.',
+        log.warning('Checkpoint %d in %s does not load (%s); trying an older one.',
                         step, self.directory, e)
         continue
       return step, restored['state']
@@ -127,7 +129,7 @@ def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('
     return jax.device_put(np.asarray(new).astype(value.dtype), value.sharding)
 
   merged = jax.tree.map(merge, tree_paths(params), params)
-  logging.info('Loaded %d params from %s/%d; kept %d as initialised: %s', len(loaded), directory,
+  log.info('Loaded %d params from %s/%d; kept %d as initialised: %s', len(loaded), directory,
                step, len(kept), kept[:20])
   manager.close()
   return merged

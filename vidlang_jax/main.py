@@ -55,8 +55,22 @@ def _validated_config():
   return config
 
 
+def _setup_logging() -> None:
+  """Our INFO messages on stderr; library chatter (orbax, absl) only from WARNING up."""
+  from absl import logging as absl_logging
+
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  ours = logging.getLogger('vidlang_jax')
+  ours.setLevel(logging.INFO)
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s',
+                                         '%H:%M:%S'))
+  ours.addHandler(handler)
+  ours.propagate = False
+
+
 def main(argv: list[str]) -> None:
-  logging.getLogger().setLevel(logging.INFO)
+  _setup_logging()
   if len(argv) < 2 or argv[1] not in COMMANDS:
     sys.exit(f'usage: vidlang {{{"|".join(COMMANDS)}}} --config FILE:ARG --workdir DIR\n{__doc__}')
   command = argv[1]

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+log = logging.getLogger(__name__)
+
 MESH_AXES = ('data', 'fsdp', 'tensor', 'sequence')
 BATCH_AXES = ('data', 'fsdp')
 
@@ -82,7 +84,7 @@ def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:
     axes_tuple = (axes,) if isinstance(axes, str) else tuple(axes or ())
     size = math.prod(mesh.shape[a] for a in axes_tuple)
     if size > 1 and dim % size:
-      logging.info('Replicating dim of size %d of %s (not divisible by %s).', dim, name, axes)
+      log.info('Replicating dim of size %d of %s (not divisible by %s).', dim, name, axes)
       axes = None
     fitted.append(axes)
   return P(*fitted)

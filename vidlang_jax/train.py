@@ -28,6 +28,8 @@ from vidlang_jax.data import pipeline
 from vidlang_jax.metrics import MetricWriter, to_python
 from vidlang_jax.optimizer import make_optimizer
 
+log = logging.getLogger(__name__)
+
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
@@ -45,6 +47,38 @@ def measure_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     out = matmul(a)
   out.block_until_ready()
   return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def _unscanned(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+  """A copy with every `scan=True` turned off, or None if nothing scans."""
+  copy = ml_collections.ConfigDict(model_config.to_dict())
+  found = False
+  for node in [copy] + [v for v in copy.values() if isinstance(v, ml_collections.ConfigDict)]:
+    if node.get('scan'):
+      node.scan, found = False, True
+  return copy if found else None
+
+
+def step_flops_per_device(config, compiled_step, mesh, batch_spec) -> float:
+  """FLOPs of one train step per device, from XLA's cost analysis.
+
+  XLA counts a loop body once, so for models that scan over layers the count comes from the
+  same step lowered (not compiled) with the layers unrolled, divided over the devices.
+  """
+  unscanned = _unscanned(config.model)
+  if unscanned is None:
+    cost = compiled_step.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get('flops', 0.0))
+  twin = ml_collections.ConfigDict(config.to_dict())
+  twin.model = unscanned
+  model = build_model(twin)
+  objective = registry.lookup(twin.objective, kind='objective')(model, twin)
+  tx, schedule = make_optimizer(twin.optimizer, twin.total_steps)
+  _, shardings, abstract = train_state_layout(twin, objective, tx, mesh, batch_spec)
+  lowered = make_train_step(objective, tx, schedule, shardings).lower(
+      abstract, batch_spec, jax.random.key(0))
+  return float(lowered.cost_analysis().get('flops', 0.0)) / mesh.size
 
 
 def train_state_layout(config, objective, tx, mesh, batch_spec):
@@ -117,7 +151,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh)
-  logging.info('Mesh %s over %d devices (%d processes).', dict(mesh.shape), mesh.size,
+  # Measured before the input workers start, so that they do not skew it.
+  peak_flops = float(config.get('peak_flops_per_device') or measure_peak_flops())
+  log.info('Mesh %s over %d devices (%d processes).', dict(mesh.shape), mesh.size,
                jax.process_count())
 
   # ---------------------------------------------------------------- input
@@ -137,16 +173,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                                batch_spec)
     state = jax.jit(init, out_shardings=state_shardings)(init_rng)
     num_params = sum(x.size for x in jax.tree.leaves(state['params']))
-    logging.info('Model %s: %.2fM params.', config.model.name, num_params / 1e6)
+    log.info('Model %s: %.2fM params.', config.model.name, num_params / 1e6)
 
     # -------------------------------------------------------------- update step
     train_step = make_train_step(objective, tx, schedule, state_shardings)
     compiled_step = train_step.lower(state, batch_spec, train_rng).compile()
-    cost = compiled_step.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    step_flops = float((cost or {}).get('flops', 0.0))  # per device
-    peak_flops = float(config.get('peak_flops_per_device') or measure_peak_flops())
-    logging.info('Train step: %.3g FLOPs per device; peak %.3g FLOP/s per device.', step_flops,
+    step_flops = step_flops_per_device(config, compiled_step, mesh, batch_spec)
+    log.info('Train step: %.3g FLOPs per device; peak %.3g FLOP/s per device.', step_flops,
                  peak_flops)
 
     # -------------------------------------------------------------- restore
@@ -155,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     restored = checkpointer.restore_latest(abstract_state, train_iter)
     if restored is not None:
       start_step, state = restored
-      logging.info('Resumed from %s at step %d.', checkpointer.directory, start_step)
+      log.info('Resumed from %s at step %d.', checkpointer.directory, start_step)
     else:
       start_step = 0
       if config.init_from:

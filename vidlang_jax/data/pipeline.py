@@ -20,6 +20,8 @@ import numpy as np
 from vidlang_jax.data import builders, tokenizer as tokenizer_lib, video as video_lib
 from vidlang_jax.sharding import batch_sharding
 
+log = logging.getLogger(__name__)
+
 # ImageNet-style per-channel statistics on [0, 1] pixels.
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
 STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
@@ -95,7 +97,7 @@ class DecodeVideo(grain.transforms.RandomMap):
       frames = video_lib.decode_mp4(data, num_frames=self.num_frames, stride=stride,
                                     offset=offset)
     except video_lib.VideoDecodeError as e:
-      logging.warning('Skipping %s: %s', _video_id(element), e)
+      log.warning('Skipping %s: %s', _video_id(element), e)
       return {'_skipped': True}
     height, width = frames.shape[1:3]
     box = (random_box(rng, height, width, self.crop_scale, self.crop_ratio) if self.train
