@@ -6,3 +6,15 @@ os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory):
+  """`moving_shapes/tiny` (256 / 32 / 64 clips of 16x32x32) built once per test session."""
+  from vidlang_jax.data import builders
+
+  data_dir = str(tmp_path_factory.mktemp('datasets'))
+  builders.prepare('moving_shapes/tiny', data_dir)
+  return data_dir

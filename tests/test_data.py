@@ -15,7 +15,7 @@ from vidlang_jax.data import video_text_folder as vtf
 
 
 def _tiny(seed=0, **kw):
-  kw = dict(name='tiny', num_frames=16, height=32, width=32, num_train=24, num_validation=8,
+  kw = dict(name='unit_test', num_frames=16, height=32, width=32, num_train=24, num_validation=8,
             num_test=16, seed=seed, **kw)
   return ms.MovingShapesConfig(**kw)
 

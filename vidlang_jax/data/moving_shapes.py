@@ -362,6 +362,9 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       MovingShapesConfig(name='default', description='16 frames, 64×64.'),
       MovingShapesConfig(name='small', height=32, width=32, description='16 frames, 32×32.'),
+      # For tests and smoke runs: builds in a few seconds.
+      MovingShapesConfig(name='tiny', height=32, width=32, num_train=256, num_validation=32,
+                         num_test=64, description='16 frames, 32×32, 256 train clips.'),
   ]
   DEFAULT_CONFIG_NAME = 'default'
   # TFDS otherwise locates this file via importlib_resources (not installed; also breaks when

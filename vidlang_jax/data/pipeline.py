@@ -185,6 +185,25 @@ def tokenizer_path(data_config: ml_collections.ConfigDict) -> str:
   return f'{builder.data_dir}/tokenizer.json'
 
 
+def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, local_batch_size: int,
+                  seed: int, tokenizer_file: str) -> grain.IterDataset:
+  """Random-access `source` -> infinite, reshuffled, decoded, tokenized batches."""
+  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+  ds = ds.shuffle(seed=seed).repeat()
+  ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=True,
+                                 strides=tuple(data_config.strides),
+                                 crop_scale=tuple(data_config.crop_scale)), seed=seed + 1)
+  ds = ds.map(Tokenize(tokenizer_file, data_config.max_text_len))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
+                                            prefetch_buffer_size=data_config.prefetch))
+  ds = SkipCorrupt(ds).map(functools.partial(_keep_numeric, extra=()))
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  if data_config.num_workers > 0:
+    _ensure_absl_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  return ds
+
+
 def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
                    seed: int) -> grain.DatasetIterator:
   """An infinite, checkpointable iterator of this process's share of each global batch."""
@@ -194,20 +213,9 @@ def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size:
   source = builders.data_source(data_config.name, data_config.train_split,
                                 data_config.get('data_dir'),
                                 **data_config.get('builder_kwargs', {}))
-  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
-  ds = ds.shuffle(seed=seed).repeat()
-  ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=True,
-                                 strides=tuple(data_config.strides),
-                                 crop_scale=tuple(data_config.crop_scale)), seed=seed + 1)
-  ds = ds.map(Tokenize(tokenizer_path(data_config), data_config.max_text_len))
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
-                                            prefetch_buffer_size=data_config.prefetch))
-  ds = SkipCorrupt(ds).map(functools.partial(_keep_numeric, extra=()))
-  ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
-  if data_config.num_workers > 0:
-    _ensure_absl_flags_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
-  return iter(ds)
+  return iter(train_dataset(source, data_config,
+                            local_batch_size=global_batch_size // jax.process_count(),
+                            seed=seed, tokenizer_file=tokenizer_path(data_config)))
 
 
 def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int,

@@ -1,0 +1,58 @@
+"""The trainer end to end on the tiny dataset: metrics, eval JSON, checkpoints, resume, eval CLI."""
+
+import json
+import os
+
+import pytest
+
+from vidlang_jax import train
+
+from helpers import tiny_config
+
+EVAL_KEYS = ('t2v_r1', 't2v_r5', 't2v_r10', 'v2t_r1', 'v2t_r5', 'v2t_r10', 'chance_r1')
+
+
+def e2e_config(data_dir, total_steps):
+  config = tiny_config(total_steps=total_steps, log_every=1, checkpoint_every=2,
+                       eval_every=100)
+  config.model.video.depth = config.model.text.depth = 1
+  config.data.update(name='moving_shapes/tiny', data_dir=data_dir, num_workers=0)
+  config.evals.retrieval.batch_size = 32
+  config.peak_flops_per_device = 1e11
+  return config
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_resume_and_eval(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(e2e_config(tiny_data_dir, total_steps=4), workdir)
+
+  train_records = [r for r in read_metrics(workdir) if 'loss' in r]
+  assert [r['step'] for r in train_records] == [1, 2, 3, 4]
+  for key in ('loss', 'learning_rate', 'examples_per_sec', 'data_wait_fraction', 'mfu'):
+    assert key in train_records[-1], key
+  assert 0 <= train_records[-1]['data_wait_fraction'] <= 1
+  assert train_records[-1]['mfu'] > 0
+  with open(os.path.join(workdir, 'eval', '4.json')) as f:
+    results = json.load(f)
+  for key in EVAL_KEYS:
+    assert 0 <= results[key] <= 1, key
+  assert results['chance_r1'] == pytest.approx(1 / 64)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '4', 'data'))
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+  # The same command with more steps resumes at step 4 instead of starting again.
+  train.train_and_evaluate(e2e_config(tiny_data_dir, total_steps=6), workdir)
+  steps = [r['step'] for r in read_metrics(workdir) if 'loss' in r]
+  assert steps == [1, 2, 3, 4, 5, 6]
+
+  evaluated = train.evaluate(e2e_config(tiny_data_dir, total_steps=6), workdir)
+  assert evaluated['step'] == 6
+  with open(os.path.join(workdir, 'eval', '6.json')) as f:
+    assert json.load(f)['t2v_r1'] == pytest.approx(evaluated['t2v_r1'])
