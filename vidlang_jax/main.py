@@ -88,9 +88,13 @@ def main(argv: list[str]) -> None:
   from vidlang_jax import train
 
   if command == 'train':
-    metrics = train.train_and_evaluate(config, _WORKDIR.value)
-    print(json.dumps({k: v for k, v in metrics.items() if not k.startswith('eval/')},
-                     default=float, indent=1))
+    train.train_and_evaluate(config, _WORKDIR.value)
+    eval_dir = os.path.join(_WORKDIR.value, 'eval')
+    steps = sorted(int(f[:-5]) for f in os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []
+    if steps:  # The last evaluation of this run (also when it had already finished).
+      path = os.path.join(eval_dir, f'{steps[-1]}.json')
+      with open(path, encoding='utf-8') as f:
+        print_results(json.load(f), path)
   else:
     results = train.evaluate(config, _WORKDIR.value)
     print_results(results, os.path.join(_WORKDIR.value, 'eval', f'{results["step"]}.json'))
