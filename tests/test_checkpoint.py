@@ -8,23 +8,17 @@ import numpy as np
 import pytest
 
 from vidlang_jax import checkpoint as checkpoint_lib
-from vidlang_jax import registry, sharding, train
-from vidlang_jax.data import pipeline
-from vidlang_jax.optimizer import make_optimizer
+from vidlang_jax import sharding, train
 
 from helpers import synthetic_batch, tiny_config
 
 
 def setup_run(config, devices=None):
   mesh = sharding.make_mesh(config.mesh, devices)
-  model = train.build_model(config)
-  objective = registry.lookup(config.objective, kind='objective')(model, config)
-  tx, schedule = make_optimizer(config.optimizer, config.total_steps)
-  spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
   with jax.set_mesh(mesh):
-    init, shardings, abstract = train.train_state_layout(config, objective, tx, mesh, spec)
-  step = train.make_train_step(objective, tx, schedule, shardings)
-  return mesh, init, shardings, abstract, step
+    setup = train.build(config, mesh)
+  step = train.make_train_step(setup.objective, setup.tx, setup.schedule, setup.shardings)
+  return mesh, setup.init, setup.shardings, setup.abstract_state, step
 
 
 def next_loss(mesh, step, state, config, seed):

@@ -2,23 +2,18 @@
 
 import jax
 
-from vidlang_jax import registry, sharding, train
-from vidlang_jax.data import pipeline
-from vidlang_jax.optimizer import make_optimizer
+from vidlang_jax import sharding, train
 
 from helpers import tiny_config
 
 
 def compiled_flops(config, mesh):
   with jax.set_mesh(mesh):
-    model = train.build_model(config)
-    objective = registry.lookup(config.objective, kind='objective')(model, config)
-    tx, schedule = make_optimizer(config.optimizer, config.total_steps)
-    spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
-    _, shardings, abstract = train.train_state_layout(config, objective, tx, mesh, spec)
-    compiled = train.make_train_step(objective, tx, schedule, shardings).lower(
-        abstract, spec, jax.random.key(0)).compile()
-    return train.step_flops_per_device(config, compiled, mesh, spec)
+    setup = train.build(config, mesh)
+    compiled = train.make_train_step(setup.objective, setup.tx, setup.schedule,
+                                     setup.shardings).lower(
+        setup.abstract_state, setup.batch_spec, jax.random.key(0)).compile()
+    return train.step_flops_per_device(config, compiled, mesh, setup.batch_spec)
 
 
 def test_scan_and_unrolled_flops_agree():

@@ -75,3 +75,29 @@ def test_corrupt_clips_are_skipped_and_counted(tiny_data_dir):
   assert 3 <= skipped <= 6  # every corrupt clip of the first pass, maybe some of the second
   for batch in batches:
     assert (batch['video'].reshape(4, -1).std(axis=1) > 0.1).all()  # nothing zero-filled
+
+
+def naive_resize_crop(frames, box, size):
+  top, left, box_h, box_w = box
+  t, h, w, c = frames.shape
+  out = np.zeros((t, size, size, c), np.float32)
+  for i in range(size):
+    for j in range(size):
+      y = min(max(top + (i + 0.5) * box_h / size - 0.5, 0), h - 1)
+      x = min(max(left + (j + 0.5) * box_w / size - 0.5, 0), w - 1)
+      y0, x0 = int(np.floor(y)), int(np.floor(x))
+      y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+      fy, fx = y - y0, x - x0
+      out[:, i, j] = ((1 - fy) * ((1 - fx) * frames[:, y0, x0] + fx * frames[:, y0, x1])
+                      + fy * ((1 - fx) * frames[:, y1, x0] + fx * frames[:, y1, x1]))
+  return out
+
+
+@pytest.mark.parametrize('box,size', [((1.3, 2.2, 27.5, 28.1), 32), ((0, 0, 32, 32), 16),
+                                      ((4, 0, 24, 32), 20)])
+def test_resize_crop_is_bilinear(box, size):
+  frames = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
+  np.testing.assert_allclose(pipeline.resize_crop(frames, box, size),
+                             naive_resize_crop(frames.astype(np.float32), box, size), atol=1e-3)
+  # The identity box at the same size returns the frames unchanged.
+  np.testing.assert_allclose(pipeline.resize_crop(frames, (0, 0, 32, 32), 32), frames, atol=1e-3)

@@ -4,9 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from vidlang_jax import registry, sharding, train
-from vidlang_jax.data import pipeline
-from vidlang_jax.optimizer import make_optimizer
+from vidlang_jax import sharding, train
 
 from helpers import synthetic_batch, tiny_config
 
@@ -15,16 +13,13 @@ def run_steps(config, devices, num_steps=2):
   """Returns (initial gradients, per-step losses, final params, state shardings)."""
   mesh = sharding.make_mesh(config.mesh, devices)
   with jax.set_mesh(mesh):
-    model = train.build_model(config)
-    objective = registry.lookup(config.objective, kind='objective')(model, config)
-    tx, schedule = make_optimizer(config.optimizer, config.total_steps)
-    spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
-    init, shardings, _ = train.train_state_layout(config, objective, tx, mesh, spec)
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    setup = train.build(config, mesh)
+    objective, shardings = setup.objective, setup.shardings
+    state = jax.jit(setup.init, out_shardings=shardings)(jax.random.key(0))
     batch = sharding.shard_batch(synthetic_batch(config, seed=0), mesh)
     grads = jax.jit(jax.grad(lambda p: objective.loss(p, batch, jax.random.key(1))[0]))(
         state['params'])
-    step = train.make_train_step(objective, tx, schedule, shardings)
+    step = train.make_train_step(objective, setup.tx, setup.schedule, shardings)
     losses = []
     for i in range(num_steps):
       batch = sharding.shard_batch(synthetic_batch(config, seed=i), mesh)

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -72,12 +72,9 @@ def step_flops_per_device(config, compiled_step, mesh, batch_spec) -> float:
     return float((cost or {}).get('flops', 0.0))
   twin = ml_collections.ConfigDict(config.to_dict())
   twin.model = unscanned
-  model = build_model(twin)
-  objective = registry.lookup(twin.objective, kind='objective')(model, twin)
-  tx, schedule = make_optimizer(twin.optimizer, twin.total_steps)
-  _, shardings, abstract = train_state_layout(twin, objective, tx, mesh, batch_spec)
-  lowered = make_train_step(objective, tx, schedule, shardings).lower(
-      abstract, batch_spec, jax.random.key(0))
+  setup = build(twin, mesh)
+  lowered = make_train_step(setup.objective, setup.tx, setup.schedule, setup.shardings).lower(
+      setup.abstract_state, batch_spec, jax.random.key(0))
   return float(lowered.cost_analysis().get('flops', 0.0)) / mesh.size
 
 
@@ -95,6 +92,30 @@ def train_state_layout(config, objective, tx, mesh, batch_spec):
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
   return (lambda rng: nn.meta.unbox(init(rng))), shardings, abstract
+
+
+class Setup(NamedTuple):
+  """Everything derived from a config and a mesh before any array is allocated."""
+
+  model: nn.Module
+  objective: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  batch_spec: dict[str, jax.ShapeDtypeStruct]
+  init: Any  # rng -> unboxed train state, to be jitted with out_shardings=shardings
+  shardings: Any
+  abstract_state: Any
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
+  """Model, objective, optimizer and the sharded layout of the train state (call inside
+  `jax.set_mesh(mesh)`)."""
+  model = build_model(config)
+  objective = registry.lookup(config.objective, kind='objective')(model, config)
+  tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+  batch_spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
+  init, shardings, abstract = train_state_layout(config, objective, tx, mesh, batch_spec)
+  return Setup(model, objective, tx, schedule, batch_spec, init, shardings, abstract)
 
 
 def make_train_step(objective, tx, schedule, state_shardings):
@@ -159,33 +180,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- input
   train_iter = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
                                        seed=config.seed)
-  batch_spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
 
   with jax.set_mesh(mesh):
     # -------------------------------------------------------------- model & shapes
-    model = build_model(config)
-    objective = registry.lookup(config.objective, kind='objective')(model, config)
-    tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+    setup = build(config, mesh)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 
     # -------------------------------------------------------------- sharded init
-    init, state_shardings, abstract_state = train_state_layout(config, objective, tx, mesh,
-                                                               batch_spec)
-    state = jax.jit(init, out_shardings=state_shardings)(init_rng)
+    state = jax.jit(setup.init, out_shardings=setup.shardings)(init_rng)
     num_params = sum(x.size for x in jax.tree.leaves(state['params']))
     log.info('Model %s: %.2fM params.', config.model.name, num_params / 1e6)
 
     # -------------------------------------------------------------- update step
-    train_step = make_train_step(objective, tx, schedule, state_shardings)
-    compiled_step = train_step.lower(state, batch_spec, train_rng).compile()
-    step_flops = step_flops_per_device(config, compiled_step, mesh, batch_spec)
+    train_step = make_train_step(setup.objective, setup.tx, setup.schedule, setup.shardings)
+    compiled_step = train_step.lower(state, setup.batch_spec, train_rng).compile()
+    step_flops = step_flops_per_device(config, compiled_step, mesh, setup.batch_spec)
     log.info('Train step: %.3g FLOPs per device; peak %.3g FLOP/s per device.', step_flops,
                  peak_flops)
 
     # -------------------------------------------------------------- restore
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                                max_to_keep=config.get('keep_checkpoints', 3))
-    restored = checkpointer.restore_latest(abstract_state, train_iter)
+    restored = checkpointer.restore_latest(setup.abstract_state, train_iter)
     if restored is not None:
       start_step, state = restored
       log.info('Resumed from %s at step %d.', checkpointer.directory, start_step)
@@ -199,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = dict(state, params=params)
 
     # -------------------------------------------------------------- evaluators
-    evaluators = build_evaluators(config, model, mesh)
+    evaluators = build_evaluators(config, setup.model, mesh)
 
     # -------------------------------------------------------------- loop
     metrics: dict[str, Any] = {}
@@ -250,16 +266,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates the latest checkpoint in `workdir`; writes and returns `eval/<step>.json`."""
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
-    model = build_model(config)
-    objective = registry.lookup(config.objective, kind='objective')(model, config)
-    tx, _ = make_optimizer(config.optimizer, config.total_steps)
-    batch_spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
-    _, _, abstract_state = train_state_layout(config, objective, tx, mesh, batch_spec)
+    setup = build(config, mesh)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
-    restored = checkpointer.restore_latest(abstract_state, None)
+    restored = checkpointer.restore_latest(setup.abstract_state, None)
     if restored is None:
       raise FileNotFoundError(f'No checkpoint to evaluate in {workdir}/checkpoints.')
     step, state = restored
-    results = run_evals(build_evaluators(config, model, mesh), state['params'], step, workdir)
+    results = run_evals(build_evaluators(config, setup.model, mesh), state['params'], step,
+                        workdir)
     checkpointer.close()
   return {'step': step, **results}
