@@ -75,8 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                      batch_size=1024))
 
   if arg.tiny:
-    # 2 CPU cores, ~10 minutes: 32x32 frames, 8 per clip, small towers (MLP ratio 2: on CPU
-    # more steps beat wider MLPs at equal time), evaluated once at the end.
+    # 2 CPU cores, ~10 minutes: 32x32 frames, 8 per clip, small towers (MLP ratio 2: cheaper
+    # steps, so more of them fit in the budget), evaluated once at the end.
     c.data.name = arg.dataset or 'moving_shapes/small'
     c.data.num_frames = 8
     c.data.image_size = 32

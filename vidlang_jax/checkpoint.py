@@ -54,7 +54,7 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except (KeyError, ValueError, FileNotFoundError) as e:
         log.warning('Checkpoint %d in %s does not load (%s); trying an older one.',
-                        step, self.directory, e)
+                    step, self.directory, e)
         continue
       return step, restored['state']
     return None
@@ -130,6 +130,6 @@ def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('
 
   merged = jax.tree.map(merge, tree_paths(params), params)
   log.info('Loaded %d params from %s/%d; kept %d as initialised: %s', len(loaded), directory,
-               step, len(kept), kept[:20])
+           step, len(kept), kept[:20])
   manager.close()
   return merged

@@ -175,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Measured before the input workers start, so that they do not skew it.
   peak_flops = float(config.get('peak_flops_per_device') or measure_peak_flops())
   log.info('Mesh %s over %d devices (%d processes).', dict(mesh.shape), mesh.size,
-               jax.process_count())
+           jax.process_count())
 
   # ---------------------------------------------------------------- input
   train_iter = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
@@ -196,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     compiled_step = train_step.lower(state, setup.batch_spec, train_rng).compile()
     step_flops = step_flops_per_device(config, compiled_step, mesh, setup.batch_spec)
     log.info('Train step: %.3g FLOPs per device; peak %.3g FLOP/s per device.', step_flops,
-                 peak_flops)
+             peak_flops)
 
     # -------------------------------------------------------------- restore
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
