@@ -22,3 +22,15 @@ def synthetic_batch(config, seed=0):
   text = rng.integers(4, 60, size=(b, d.max_text_len)).astype(np.int32)
   text[:, -5:] = 0  # padding
   return {'video': video, 'text': text}
+
+
+def find_leaf(tree, pattern):
+  """The first leaf whose 'a/b/c' path fully matches the regex (scanned or unrolled layers)."""
+  import re
+
+  from vidlang_jax.sharding import tree_paths
+
+  for path, leaf in zip(jax.tree.leaves(tree_paths(tree)), jax.tree.leaves(tree)):
+    if re.fullmatch(pattern, path):
+      return leaf
+  raise KeyError(pattern)
