@@ -92,3 +92,18 @@ def test_load_params_partial_and_shape_mismatch(tmp_path):
                                load=[('video/(.*)', r'video/nonexistent')])
   with pytest.raises(FileNotFoundError, match='does-not-exist'):
     checkpoint_lib.load_params(str(tmp_path / 'does-not-exist'), target['params'])
+
+
+def test_checkpoint_of_another_config_raises_instead_of_restarting(tmp_path):
+  config = tiny_config()
+  mesh, init, shardings, _, _ = setup_run(config)
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), async_save=False)
+  checkpointer.save(1, state, None, {})
+  config.model.video.width = 64  # another model in the same workdir
+  config.model.video.num_heads = 2
+  _, _, _, other_abstract, _ = setup_run(config)
+  with pytest.raises(ValueError, match='does not fit this config'):
+    checkpointer.restore_latest(other_abstract, None)
+  checkpointer.close()

@@ -44,19 +44,28 @@ class Checkpointer:
     """Restores the newest checkpoint that loads, walking back past damaged ones.
 
     `abstract_state` leaves are `jax.ShapeDtypeStruct`s with shardings: the state is restored
-    straight onto the current mesh, whatever mesh wrote it. Returns (step, state) or None.
+    straight onto the current mesh, whatever mesh wrote it. Returns (step, state), or None when
+    there is no checkpoint. Checkpoints that exist but do not fit this config (other shapes or
+    params) raise instead of silently starting the run again.
     """
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
       items = dict(state=ocp.args.StandardRestore(abstract_state))
       if data_iterator is not None:
         items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except (KeyError, ValueError, FileNotFoundError) as e:
-        log.warning('Checkpoint %d in %s does not load (%s); trying an older one.',
+        if not _is_missing_data(e):
+          raise ValueError(f'Checkpoint {self.directory}/{step} does not fit this config: {e}\n'
+                           'Use a new --workdir, or the config that wrote it.') from e
+        log.warning('Checkpoint %d in %s is incomplete (%s); trying an older one.',
                     step, self.directory, e)
         continue
       return step, restored['state']
+    if steps:
+      raise FileNotFoundError(f'No checkpoint in {self.directory} loads (steps {steps} are all '
+                              'incomplete); move them away to start again.')
     return None
 
   def wait(self) -> None:
@@ -65,6 +74,11 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _is_missing_data(error: Exception) -> bool:
+  """Orbax's errors for a half-written / half-deleted step: a missing item or array file."""
+  return isinstance(error, (KeyError, FileNotFoundError)) or 'NOT_FOUND' in str(error)
 
 
 def _resolve_checkpoint(path: str) -> tuple[str, int]:
