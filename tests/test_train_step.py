@@ -12,7 +12,7 @@ from helpers import find_leaf, synthetic_batch, tiny_config
 def run_steps(config, devices, num_steps=2):
   """Returns (initial gradients, per-step losses, final params, state shardings)."""
   mesh = sharding.make_mesh(config.mesh, devices)
-  with jax.set_mesh(mesh):
+  with sharding.use_mesh(mesh):
     setup = train.build(config, mesh)
     objective, shardings = setup.objective, setup.shardings
     state = jax.jit(setup.init, out_shardings=shardings)(jax.random.key(0))

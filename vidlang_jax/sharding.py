@@ -6,10 +6,11 @@ below map them to mesh axes, so FSDP, tensor and sequence parallelism are config
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -59,6 +60,20 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | No
                        devices=devices)
 
 
+def logical_rules(config: Any) -> tuple[tuple[str, Any], ...]:
+  """`config.sharding.logical_axis_rules`, or the defaults when it is empty."""
+  rules = config.get('sharding', {}).get('logical_axis_rules', [])
+  return tuple(tuple(rule) for rule in rules) or LOGICAL_AXIS_RULES
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Iterator[None]:
+  """The mesh plus the logical-axis rules, so that activation constraints in the models
+  (`layers.constrain`) take effect while tracing."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
 def _path_str(path: tuple[Any, ...]) -> str:
   """Tree path as 'video/encoder/blocks/mlp/Dense_0/kernel' (dict keys and indices only)."""
   parts = []
@@ -75,6 +90,13 @@ def _path_str(path: tuple[Any, ...]) -> str:
 def tree_paths(tree: Any) -> Any:
   """A tree of the same structure holding each leaf's path string."""
   return jax.tree_util.tree_map_with_path(lambda path, _: _path_str(path), tree)
+
+
+def strip_boxes(tree: Any) -> Any:
+  """Values without their partitioning metadata (and without applying any constraint)."""
+  return jax.tree.map(
+      lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+      tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:
@@ -104,9 +126,9 @@ def infer_shardings(
   """
   logical_specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical_specs, logical_rules)
-  paths = tree_paths(nn.meta.unbox(abstract_tree))
+  shapes = strip_boxes(abstract_tree)
+  paths = tree_paths(shapes)
   compiled = [(re.compile(pattern), spec) for pattern, spec in regex_rules]
-  shapes = nn.meta.unbox(abstract_tree)
 
   def one(spec, leaf, path):
     for pattern, override in compiled:

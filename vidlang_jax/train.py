@@ -86,11 +86,10 @@ def train_state_layout(config, objective, tx, mesh, batch_spec):
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
 
   boxed = jax.eval_shape(init, jax.random.key(0))
-  rules = [tuple(r) for r in config.sharding.logical_axis_rules] or sharding.LOGICAL_AXIS_RULES
-  shardings = sharding.infer_shardings(boxed, mesh, rules,
+  shardings = sharding.infer_shardings(boxed, mesh, sharding.logical_rules(config),
                                        [tuple(r) for r in config.sharding.rules])
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.meta.unbox(boxed), shardings)
+                          sharding.strip_boxes(boxed), shardings)
   return (lambda rng: nn.meta.unbox(init(rng))), shardings, abstract
 
 
@@ -181,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
                                        seed=config.seed)
 
-  with jax.set_mesh(mesh):
+  with sharding.use_mesh(mesh, sharding.logical_rules(config)):
     # -------------------------------------------------------------- model & shapes
     setup = build(config, mesh)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
@@ -265,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates the latest checkpoint in `workdir`; writes and returns `eval/<step>.json`."""
   mesh = sharding.make_mesh(config.mesh)
-  with jax.set_mesh(mesh):
+  with sharding.use_mesh(mesh, sharding.logical_rules(config)):
     setup = build(config, mesh)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
     restored = checkpointer.restore_latest(setup.abstract_state, None)

@@ -26,6 +26,32 @@ def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
   return nn.with_logical_constraint(x, axes)
 
 
+class _Einsum(nn.Module):
+  """A dense layer written as an einsum, with a kernel initialised in its final (ND) shape.
+
+  (flax's DenseGeneral initialises a flattened 2D kernel, which breaks sharding constraints on
+  3D kernels under logical-axis rules.)
+  """
+
+  equation: str
+  kernel_shape: tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  bias_shape: tuple[int, ...]
+  bias_axes: tuple[str | None, ...]
+  in_axis: tuple[int, ...]
+  out_axis: tuple[int, ...]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=self.in_axis,
+                                            out_axis=self.out_axis)
+    kernel = self.param('kernel', partitioned(init, *self.kernel_axes), self.kernel_shape)
+    bias = self.param('bias', partitioned(nn.initializers.zeros, *self.bias_axes),
+                      self.bias_shape)
+    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype)) + bias
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention over `[batch, length, embed]` using the reference attention op."""
 
@@ -38,19 +64,17 @@ class MultiHeadAttention(nn.Module):
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f'width {width} is not divisible by num_heads {self.num_heads}.')
-    head_dim = width // self.num_heads
-    init = nn.initializers.xavier_uniform()
-    proj = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), dtype=self.dtype, name=name,
-        kernel_init=partitioned(init, 'embed', 'heads', 'kv'),
-        bias_init=partitioned(nn.initializers.zeros, 'heads', 'kv'))
+    heads, head_dim = self.num_heads, width // self.num_heads
+    proj = lambda name: _Einsum(
+        '...d,dhk->...hk', (width, heads, head_dim), ('embed', 'heads', 'kv'),
+        (heads, head_dim), ('heads', 'kv'), in_axis=(0,), out_axis=(1, 2), dtype=self.dtype,
+        name=name)
     # [batch, length, heads, head_dim]
     q, k, v = proj('query')(x), proj('key')(x), proj('value')(x)
     out = dot_product_attention(q, k, v, causal=self.causal, segment_ids=segment_ids)
-    return nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, name='out',
-        kernel_init=partitioned(init, 'heads', 'kv', 'embed'),
-        bias_init=partitioned(nn.initializers.zeros, 'embed'))(out)
+    return _Einsum('...hk,hkd->...d', (heads, head_dim, width), ('heads', 'kv', 'embed'),
+                   (width,), ('embed',), in_axis=(0, 1), out_axis=(2,), dtype=self.dtype,
+                   name='out')(out)
 
 
 class Mlp(nn.Module):
