@@ -26,30 +26,32 @@ def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
   return nn.with_logical_constraint(x, axes)
 
 
-class _Einsum(nn.Module):
-  """A dense layer written as an einsum, with a kernel initialised in its final (ND) shape.
-
-  (flax's DenseGeneral initialises a flattened 2D kernel, which breaks sharding constraints on
-  3D kernels under logical-axis rules.)
+class DenseND(nn.Module):
+  """Dense over the last `contract` input dims to `features`, with the kernel initialised in its
+  ND shape (flax's DenseGeneral initialises a flat 2D kernel, which breaks sharding constraints
+  on 3D kernels under logical-axis rules).
   """
 
-  equation: str
-  kernel_shape: tuple[int, ...]
+  features: tuple[int, ...]
   kernel_axes: tuple[str | None, ...]
-  bias_shape: tuple[int, ...]
-  bias_axes: tuple[str | None, ...]
-  in_axis: tuple[int, ...]
-  out_axis: tuple[int, ...]
+  contract: int = 1
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=self.in_axis,
-                                            out_axis=self.out_axis)
-    kernel = self.param('kernel', partitioned(init, *self.kernel_axes), self.kernel_shape)
-    bias = self.param('bias', partitioned(nn.initializers.zeros, *self.bias_axes),
-                      self.bias_shape)
-    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype)) + bias
+    in_shape = x.shape[-self.contract:]
+    in_axis = tuple(range(self.contract))
+    out_axis = tuple(range(self.contract, self.contract + len(self.features)))
+    init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=in_axis,
+                                            out_axis=out_axis)
+    kernel = self.param('kernel', partitioned(init, *self.kernel_axes),
+                        in_shape + self.features)
+    bias = self.param('bias', partitioned(nn.initializers.zeros,
+                                          *self.kernel_axes[self.contract:]), self.features)
+    x_axes = tuple(range(x.ndim - self.contract, x.ndim))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((x_axes, in_axis), ((), ())))
+    return y + bias.astype(self.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -65,15 +67,12 @@ class MultiHeadAttention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f'width {width} is not divisible by num_heads {self.num_heads}.')
     heads, head_dim = self.num_heads, width // self.num_heads
-    proj = lambda name: _Einsum(
-        '...d,dhk->...hk', (width, heads, head_dim), ('embed', 'heads', 'kv'),
-        (heads, head_dim), ('heads', 'kv'), in_axis=(0,), out_axis=(1, 2), dtype=self.dtype,
-        name=name)
+    proj = lambda name: DenseND((heads, head_dim), ('embed', 'heads', 'kv'), dtype=self.dtype,
+                                name=name)
     # [batch, length, heads, head_dim]
     q, k, v = proj('query')(x), proj('key')(x), proj('value')(x)
     out = dot_product_attention(q, k, v, causal=self.causal, segment_ids=segment_ids)
-    return _Einsum('...hk,hkd->...d', (heads, head_dim, width), ('heads', 'kv', 'embed'),
-                   (width,), ('embed',), in_axis=(0, 1), out_axis=(2,), dtype=self.dtype,
+    return DenseND((width,), ('heads', 'kv', 'embed'), contract=2, dtype=self.dtype,
                    name='out')(out)
 
 
