@@ -23,7 +23,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.objective = 'contrastive'
   c.seed = 0
-  c.init_from = None  # or dict(path=<workdir or checkpoint>, load=[(regex, repl)], dont_load=[..])
+  # Params from another run: path = a workdir or its checkpoints/<step>; load = (target regex,
+  # checkpoint path replacement) pairs, first match wins; dont_load = regexes kept as initialised.
+  c.init_from = ml_collections.ConfigDict(dict(path='', load=[('(.*)', r'\1')], dont_load=[]))
   c.peak_flops_per_device = 0.0  # 0: measure (CPU); set e.g. 989e12 for an H100 in bf16
   c.keep_checkpoints = 3
 
@@ -34,15 +36,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = arg.dataset or 'moving_shapes'
-  c.data.data_dir = None  # default: $VIDLANG_DATA_DIR or ~/.cache/vidlang_jax/datasets
+  c.data.data_dir = ''  # default: $VIDLANG_DATA_DIR or ~/.cache/vidlang_jax/datasets
   c.data.builder_kwargs = ml_collections.ConfigDict()
   c.data.train_split = 'train'
   c.data.num_frames = 16
   c.data.image_size = 224
   c.data.strides = (1, 2)
   c.data.crop_scale = (0.8, 1.0)
-  c.data.max_text_len = 32
-  c.data.vocab_size = 1000
+  # Shared by the data and the text tower (overriding one changes both).
+  c.data.max_text_len = ml_collections.FieldReference(32)
+  c.data.vocab_size = ml_collections.FieldReference(1000)
   c.data.num_workers = 8
   c.data.num_threads = 16
   c.data.prefetch = 64
@@ -56,8 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width=768, depth=12, num_heads=12, mlp_dim=3072, tubelet=(2, 16, 16), num_frames=16,
       image_size=224, attention=arg.attention, pool='map', dropout=0.0, scan=True, remat=True))
   c.model.text = ml_collections.ConfigDict(dict(
-      vocab_size=c.data.vocab_size, width=512, depth=12, num_heads=8, mlp_dim=2048,
-      max_len=c.data.max_text_len, dropout=0.0, scan=True, remat=True))
+      vocab_size=c.data.get_ref('vocab_size'), width=512, depth=12, num_heads=8, mlp_dim=2048,
+      max_len=c.data.get_ref('max_text_len'), dropout=0.0, scan=True, remat=True))
   c.loss = ml_collections.ConfigDict(dict(kind=arg.loss))
 
   c.batch_size = 4096

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -47,10 +48,13 @@ def test_train_resume_and_eval(tiny_data_dir, tmp_path):
   assert os.path.exists(os.path.join(workdir, 'config.json'))
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
 
-  # The same command with more steps resumes at step 4 instead of starting again.
+  # The same command with more steps resumes instead of starting again; here from step 2, as
+  # if the run had died before step 4's checkpoint: steps 3-4 are redone, not logged twice.
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
   train.train_and_evaluate(e2e_config(tiny_data_dir, total_steps=6), workdir)
   steps = [r['step'] for r in read_metrics(workdir) if 'loss' in r]
   assert steps == [1, 2, 3, 4, 5, 6]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4', '6']
 
   evaluated = train.evaluate(e2e_config(tiny_data_dir, total_steps=6), workdir)
   assert evaluated['step'] == 6

@@ -31,9 +31,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    bad = [a.split('=')[0].removeprefix('--config.') for a in argv if a.startswith('--config.')]
-    missing = [key for key in bad if key.split('.')[-1] in str(e)] or bad
-    sys.exit(f'error: unknown config key {", ".join(missing)!r} ({e}).')
+    overrides = [a.split('=')[0].removeprefix('--config.') for a in argv
+                 if a.startswith('--config.')]
+    unknown = [key for key in overrides if repr(key.split('.')[-1]) in str(e)]
+    if not unknown:
+      raise  # not an override problem: e.g. a bug inside the config file itself
+    sys.exit(f'error: unknown config key {", ".join(unknown)!r} ({e}).')
   except flags.Error as e:
     sys.exit(f'error: {e}')
 
@@ -89,10 +92,8 @@ def main(argv: list[str]) -> None:
 
   if command == 'train':
     train.train_and_evaluate(config, _WORKDIR.value)
-    eval_dir = os.path.join(_WORKDIR.value, 'eval')
-    steps = sorted(int(f[:-5]) for f in os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []
-    if steps:  # The last evaluation of this run (also when it had already finished).
-      path = os.path.join(eval_dir, f'{steps[-1]}.json')
+    path = os.path.join(_WORKDIR.value, 'eval', f'{config.total_steps}.json')
+    if os.path.exists(path):  # The final evaluation (also when the run had already finished).
       with open(path, encoding='utf-8') as f:
         print_results(json.load(f), path)
   else:

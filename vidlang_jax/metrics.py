@@ -26,8 +26,20 @@ class MetricWriter:
       return
     from tensorboardX import SummaryWriter
 
-    self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.jsonl = open(self.path, 'a', encoding='utf-8')
     self.tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def drop_after(self, step: int) -> None:
+    """Forgets logged records past `step` (a resumed run redoes those steps)."""
+    if not self.enabled:
+      return
+    self.jsonl.close()
+    with open(self.path, encoding='utf-8') as f:
+      kept = [line for line in f if json.loads(line)['step'] <= step]
+    with open(self.path, 'w', encoding='utf-8') as f:
+      f.writelines(kept)
+    self.jsonl = open(self.path, 'a', encoding='utf-8')
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:

@@ -185,33 +185,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     setup = build(config, mesh)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 
-    # -------------------------------------------------------------- sharded init
-    state = jax.jit(setup.init, out_shardings=setup.shardings)(init_rng)
-    num_params = sum(x.size for x in jax.tree.leaves(state['params']))
-    log.info('Model %s: %.2fM params.', config.model.name, num_params / 1e6)
-
-    # -------------------------------------------------------------- update step
-    train_step = make_train_step(setup.objective, setup.tx, setup.schedule, setup.shardings)
-    compiled_step = train_step.lower(state, setup.batch_spec, train_rng).compile()
-    step_flops = step_flops_per_device(config, compiled_step, mesh, setup.batch_spec)
-    log.info('Train step: %.3g FLOPs per device; peak %.3g FLOP/s per device.', step_flops,
-             peak_flops)
-
-    # -------------------------------------------------------------- restore
+    # -------------------------------------------------------------- restore or sharded init
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                                max_to_keep=config.get('keep_checkpoints', 3))
     restored = checkpointer.restore_latest(setup.abstract_state, train_iter)
     if restored is not None:
       start_step, state = restored
       log.info('Resumed from %s at step %d.', checkpointer.directory, start_step)
+      writer.drop_after(start_step)  # steps logged after that checkpoint are redone
     else:
       start_step = 0
-      if config.init_from:
+      state = jax.jit(setup.init, out_shardings=setup.shardings)(init_rng)
+      if config.init_from.path:
         params = checkpoint_lib.load_params(
             config.init_from.path, state['params'], mesh=mesh,
-            load=[tuple(r) for r in config.init_from.get('load', [('(.*)', r'\1')])],
-            dont_load=list(config.init_from.get('dont_load', [])))
+            load=[tuple(r) for r in config.init_from.load],
+            dont_load=list(config.init_from.dont_load))
         state = dict(state, params=params)
+    num_params = sum(x.size for x in jax.tree.leaves(state['params']))
+    log.info('Model %s: %.2fM params.', config.model.name, num_params / 1e6)
+
+    # -------------------------------------------------------------- update step
+    train_step = make_train_step(setup.objective, setup.tx, setup.schedule, setup.shardings)
+    compiled_step = train_step.lower(setup.abstract_state, setup.batch_spec, train_rng).compile()
+    step_flops = step_flops_per_device(config, compiled_step, mesh, setup.batch_spec)
+    log.info('Train step: %.3g FLOPs per device; peak %.3g FLOP/s per device.', step_flops,
+             peak_flops)
 
     # -------------------------------------------------------------- evaluators
     evaluators = build_evaluators(config, setup.model, mesh)
@@ -251,7 +250,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if evaluators and (step % config.eval_every == 0 or step == config.total_steps):
         results = run_evals(evaluators, state['params'], step, workdir)
         writer.write(step, {f'eval/{k}': v for k, v in results.items()})
-        window_start = time.perf_counter()  # eval time is not training throughput
+        # Eval time is not training throughput: start a new measurement window.
+        window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+
+    final_eval = os.path.join(workdir, 'eval', f'{config.total_steps}.json')
+    if evaluators and start_step == config.total_steps and not os.path.exists(final_eval):
+      run_evals(evaluators, state['params'], start_step, workdir)  # finished, never evaluated
 
     progress.close()
     checkpointer.close()

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -186,9 +187,15 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def tokenizer_path(data_config: ml_collections.ConfigDict) -> str:
-  builder = builders.prepare(data_config.name, data_config.get('data_dir'),
-                             **data_config.get('builder_kwargs', {}))
-  builders.tokenizer_for(builder, vocab_size=data_config.vocab_size)
+  """Builds the dataset and its tokenizer if needed (process 0 only, the others wait), and
+  returns the tokenizer's path."""
+  kwargs = data_config.get('builder_kwargs', {})
+  if jax.process_index() == 0:
+    builder = builders.prepare(data_config.name, data_config.get('data_dir'), **kwargs)
+    builders.tokenizer_for(builder, vocab_size=data_config.vocab_size)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('vidlang_jax: dataset and tokenizer ready')
+  builder = builders.get_builder(data_config.name, data_config.get('data_dir'), **kwargs)
   return f'{builder.data_dir}/tokenizer.json'
 
 
@@ -217,12 +224,13 @@ def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size:
   if global_batch_size % jax.process_count():
     raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
                      f'{jax.process_count()} processes.')
+  tokenizer_file = tokenizer_path(data_config)
   source = builders.data_source(data_config.name, data_config.train_split,
                                 data_config.get('data_dir'),
                                 **data_config.get('builder_kwargs', {}))
   return iter(train_dataset(source, data_config,
                             local_batch_size=global_batch_size // jax.process_count(),
-                            seed=seed, tokenizer_file=tokenizer_path(data_config)))
+                            seed=seed, tokenizer_file=tokenizer_file))
 
 
 def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int,
@@ -232,12 +240,13 @@ def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size:
   The last batch is padded by repeating examples and `mask` marks the real ones, so that one
   compiled eval step serves every batch. `keys` adds fields (e.g. labels) to the batch.
   """
+  tokenizer_file = tokenizer_path(data_config)
   source = builders.data_source(data_config.name, split, data_config.get('data_dir'),
                                 **data_config.get('builder_kwargs', {}))
   ds = grain.MapDataset.source(source)
   ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=False),
                      seed=0)
-  ds = ds.map(Tokenize(tokenizer_path(data_config), data_config.max_text_len))
+  ds = ds.map(Tokenize(tokenizer_file, data_config.max_text_len))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
                                             prefetch_buffer_size=data_config.prefetch))
   ds = SkipCorrupt(ds).map(functools.partial(_keep_numeric, extra=keys))
