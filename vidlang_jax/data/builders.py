@@ -111,9 +111,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--resize', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'))
   parser.add_argument('--max_frames', type=int)
   parser.add_argument('--num_workers', type=int, help='moving_shapes: worker processes')
+  parser.add_argument('--save_as', help='video_text_folder: a name to train with later '
+                      '(dataset=video_text_folder/NAME)')
   args = parser.parse_args(argv)
   names = ('source_dir', 'annotations', 'resize', 'max_frames', 'num_workers')
   kwargs = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+  if args.save_as:
+    args.name = f'{args.name.partition("/")[0]}/{args.save_as}'  # the config name
   if 'resize' in kwargs:
     kwargs['resize'] = tuple(kwargs['resize'])
   print(summary(prepare(args.name, args.data_dir, **kwargs)))

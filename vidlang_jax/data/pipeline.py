@@ -199,6 +199,16 @@ def tokenizer_path(data_config: ml_collections.ConfigDict) -> str:
   return f'{builder.data_dir}/tokenizer.json'
 
 
+def check_split(data_config: ml_collections.ConfigDict, split: str, what: str) -> None:
+  """Fails early, naming the splits there are, when `split` is not one of the dataset's."""
+  tokenizer_path(data_config)  # builds the dataset if needed
+  builder = builders.get_builder(data_config.name, data_config.get('data_dir'),
+                                 **data_config.get('builder_kwargs', {}))
+  splits = sorted(builder.info.splits)
+  if split not in splits:
+    raise ValueError(f'{what}={split!r} is not a split of {data_config.name} (it has {splits}).')
+
+
 def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, local_batch_size: int,
                   seed: int, tokenizer_file: str) -> grain.IterDataset:
   """Random-access `source` -> infinite, reshuffled, decoded, tokenized batches."""
@@ -225,6 +235,7 @@ def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size:
     raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
                      f'{jax.process_count()} processes.')
   tokenizer_file = tokenizer_path(data_config)
+  check_split(data_config, data_config.train_split, 'data.train_split')
   source = builders.data_source(data_config.name, data_config.train_split,
                                 data_config.get('data_dir'),
                                 **data_config.get('builder_kwargs', {}))

@@ -116,6 +116,8 @@ class VideoTextFolder(tfds.core.GeneratorBasedBuilder):
     Reading an already built dataset needs only the same `name` (or the same `source_dir` and
     settings); building needs `source_dir`.
     """
+    source_dir = source_dir and os.path.expanduser(source_dir)
+    annotations = annotations and os.path.expanduser(annotations)
     if 'config' not in kwargs:
       if source_dir is None and name is None:
         raise ValueError('VideoTextFolder needs source_dir=<folder of videos> (or the name= '
