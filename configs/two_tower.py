@@ -39,13 +39,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.data_dir = ''  # default: $VIDLANG_DATA_DIR or ~/.cache/vidlang_jax/datasets
   c.data.builder_kwargs = ml_collections.ConfigDict()
   c.data.train_split = 'train'
-  c.data.num_frames = ml_collections.FieldReference(16)
-  c.data.image_size = ml_collections.FieldReference(224)
+  c.data.num_frames = 16
+  c.data.image_size = 224
   c.data.strides = (1, 2)
   c.data.crop_scale = (0.8, 1.0)
-  # Shared by the data and the text tower (overriding one changes both).
-  c.data.max_text_len = ml_collections.FieldReference(32)
-  c.data.vocab_size = ml_collections.FieldReference(1000)
+  c.data.max_text_len = 32
+  c.data.vocab_size = 1000
   c.data.num_workers = 8
   c.data.num_threads = 16
   c.data.prefetch = 64
@@ -56,12 +55,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.temperature_init = 10.0 if arg.loss == 'sigmoid' else 1 / 0.07
   c.model.bias_init = -10.0 if arg.loss == 'sigmoid' else None
   c.model.video = ml_collections.ConfigDict(dict(
-      width=768, depth=12, num_heads=12, mlp_dim=3072, tubelet=(2, 16, 16),
-      num_frames=c.data.get_ref('num_frames'), image_size=c.data.get_ref('image_size'),
-      attention=arg.attention, pool='map', dropout=0.0, scan=True, remat=True))
+      width=768, depth=12, num_heads=12, mlp_dim=3072, tubelet=(2, 16, 16), num_frames=16,
+      image_size=224, attention=arg.attention, pool='map', dropout=0.0, scan=True, remat=True))
   c.model.text = ml_collections.ConfigDict(dict(
-      vocab_size=c.data.get_ref('vocab_size'), width=512, depth=12, num_heads=8, mlp_dim=2048,
-      max_len=c.data.get_ref('max_text_len'), dropout=0.0, scan=True, remat=True))
+      vocab_size=1000, width=512, depth=12, num_heads=8, mlp_dim=2048, max_len=32, dropout=0.0,
+      scan=True, remat=True))
   c.loss = ml_collections.ConfigDict(dict(kind=arg.loss))
 
   c.batch_size = 4096
@@ -90,7 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.prefetch = 8
     c.model.embed_dim = 128
     c.model.video.update(dict(width=128, depth=4, num_heads=4, mlp_dim=256, tubelet=(2, 8, 8),
-                              pool='gap', scan=False, remat=False))
+                              num_frames=8, image_size=32, pool='gap', scan=False,
+                              remat=False))
     c.model.text.update(dict(width=128, depth=2, num_heads=4, mlp_dim=256, scan=False,
                              remat=False))
     c.batch_size = 128

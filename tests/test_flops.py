@@ -24,6 +24,10 @@ def test_scan_and_unrolled_flops_agree():
   config.model.video.scan = config.model.text.scan = True
   scanned = compiled_flops(config, mesh)
   assert abs(scanned - unrolled) / unrolled < 0.02, (scanned, unrolled)
+  # Per device on 8 devices (fsdp=8): about an eighth (plus a little collective overhead).
+  config.mesh.update(data=1, fsdp=8)
+  per_device = compiled_flops(config, sharding.make_mesh(config.mesh))
+  assert 0.9 < per_device * 8 / unrolled < 1.2, per_device * 8 / unrolled
   # Sanity: at least the dense matmuls of the video tower (6 * params * tokens per example).
   v = config.model.video
   tokens = (v.num_frames // v.tubelet[0]) * (v.image_size // v.tubelet[1]) ** 2

@@ -1,5 +1,6 @@
 """Video ViT (joint / divided attention, pooling, frame-count interpolation) and the towers."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,3 +82,22 @@ def test_two_tower_embeddings_are_normalised_and_padding_is_ignored():
   shorter = jnp.array([[2, 7, 9, 3, 0, 0], [2, 7, 9, 3, 0, 0]])
   np.testing.assert_allclose(model.apply({'params': params}, shorter,
                                          method=model.encode_text), t, atol=1e-5)
+
+
+def test_scan_and_remat_match_the_unrolled_stack():
+  """The base config's `scan=True, remat=True` computes what the plain loop computes."""
+  video = jax.random.normal(jax.random.key(0), (2, 4, 16, 16, 3))
+  plain = VideoViT(**VIT)
+  params = nn.meta.unbox(plain.init(jax.random.key(1), video)['params'])
+  blocks = [params['encoder'][f'block_{i}'] for i in range(VIT['depth'])]
+  scanned_params = dict(params, encoder={
+      'blocks': jax.tree.map(lambda *xs: jnp.stack(xs), *blocks),
+      'norm_out': params['encoder']['norm_out']})
+  scanned = VideoViT(**dict(VIT, scan=True, remat=True))
+  weights = jax.random.normal(jax.random.key(2), (2, VIT['width']))  # LN outputs sum to ~0
+  loss = lambda model, p: (model.apply({'params': p}, video, train=True)[0] * weights).sum()
+  np.testing.assert_allclose(loss(scanned, scanned_params), loss(plain, params), rtol=1e-5)
+  g_plain = jax.grad(lambda p: loss(plain, p))(params)
+  g_scan = jax.grad(lambda p: loss(scanned, p))(scanned_params)
+  np.testing.assert_allclose(g_scan['encoder']['blocks']['mlp']['Dense_0']['kernel'][1],
+                             g_plain['encoder']['block_1']['mlp']['Dense_0']['kernel'], atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -63,6 +64,14 @@ class TwoTower(nn.Module):
             self.logit_scale, bias)
 
 
+def _check_same(config: ml_collections.ConfigDict, *pairs: tuple[str, str]) -> None:
+  """Data and model keys that must agree (e.g. tokenizer vocabulary and embedding table)."""
+  get = lambda dotted: functools.reduce(lambda node, key: node[key], dotted.split('.'), config)
+  for a, b in pairs:
+    if get(a) != get(b):
+      raise ValueError(f'{a}={get(a)} but {b}={get(b)}: set both to the same value.')
+
+
 @registry.register('objective.contrastive')
 def contrastive_objective(model: nn.Module, config: ml_collections.ConfigDict) -> Objective:
   """Video-text contrastive training; `config.loss.kind` is 'sigmoid' (SigLIP) or 'softmax' (CLIP)."""
@@ -70,6 +79,9 @@ def contrastive_objective(model: nn.Module, config: ml_collections.ConfigDict) -
     raise ValueError("loss.kind='sigmoid' needs a learnable bias: set model.bias_init (SigLIP: "
                      "-10), or pick the loss with the config argument, e.g. two_tower.py:tiny,"
                      "loss=sigmoid.")
+  _check_same(config, ('data.vocab_size', 'model.text.vocab_size'),
+              ('data.max_text_len', 'model.text.max_len'),
+              ('data.image_size', 'model.video.image_size'))
   pairwise = registry.lookup(config.loss.kind, kind='loss')
 
   def init(rng, batch):
