@@ -28,6 +28,6 @@ def test_two_processes_train_checkpoint_and_eval(tiny_data_dir, tmp_path):
             if 'devices=8' in line]
   assert len(losses) == 2 and losses[0] == losses[1]  # one global computation, one loss
   data_state = os.listdir(os.path.join(workdir, 'checkpoints', '2', 'data'))
-  assert sorted(data_state) == ['process_0-of-2.json', 'process_1-of-2.json']
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(data_state)
   with open(os.path.join(workdir, 'eval', '2.json')) as f:
     assert json.load(f)['chance_r1'] == 1 / 64  # every test clip evaluated exactly once
