@@ -112,3 +112,14 @@ def test_1000x1000_is_fast():
   m = retrieval_metrics(sim)
   assert time.perf_counter() - start < 0.5
   assert 0.5 < m['t2v_r1'] <= m['t2v_r10'] <= 1.0
+
+
+def test_group_captions_of_the_same_video():
+  from vidlang_jax.evaluators.retrieval import group_captions
+
+  first, text_to_video = group_captions([b'b.mp4', b'a.mp4', b'b.mp4#1', b'c#2.mp4', b'a.mp4#1'])
+  np.testing.assert_array_equal(first, [0, 1, 3])  # b, a, c#2 in order of appearance
+  np.testing.assert_array_equal(text_to_video, [0, 1, 0, 2, 1])
+  first, text_to_video = group_captions(['test/000001', 'test/000002'])
+  np.testing.assert_array_equal(first, [0, 1])
+  np.testing.assert_array_equal(text_to_video, [0, 1])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -18,6 +19,21 @@ def process_slice(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """This process's contiguous share of a batch that every process holds whole."""
   count, index = jax.process_count(), jax.process_index()
   return {k: np.array_split(v, count)[index] for k, v in batch.items()}
+
+
+def group_captions(video_ids: Sequence[bytes | str]) -> tuple[np.ndarray, np.ndarray]:
+  """Several captions of one video (ids 'path', 'path#1', …) rank against that video once.
+
+  Returns (index of each distinct video's first example, `[texts]` index of each caption's
+  video among the distinct videos).
+  """
+  names = [v.decode() if isinstance(v, bytes) else str(v) for v in video_ids]
+  names = [re.sub(r'#\d+$', '', name) for name in names]
+  _, first, text_to_video = np.unique(names, return_index=True, return_inverse=True)
+  order = np.argsort(first)  # videos in order of appearance
+  rank = np.empty_like(order)
+  rank[order] = np.arange(len(order))
+  return first[order], rank[text_to_video]
 
 
 @registry.register('evaluator.retrieval')
@@ -42,14 +58,16 @@ class RetrievalEvaluator:
 
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
     del step, workdir
-    video_embs, text_embs = [], []
+    video_embs, text_embs, video_ids = [], [], []
     for batch in pipeline.eval_batches(self.config.data, self.eval_config.split,
-                                       self.batch_size):
+                                       self.batch_size, keys=('video_id',)):
       mask = batch.pop('mask')
       batch.pop('num_skipped')
+      video_ids.extend(batch.pop('video_id')[mask])
       video, text = self.embed(params, sharding.shard_batch(process_slice(batch), self.mesh))
       video_embs.append(multihost_utils.process_allgather(video, tiled=True)[mask])
       text_embs.append(multihost_utils.process_allgather(text, tiled=True)[mask])
     video_emb, text_emb = np.concatenate(video_embs), np.concatenate(text_embs)
-    similarity = text_emb @ video_emb.T  # [texts, videos]
-    return retrieval_metrics(similarity)
+    first, text_to_video = group_captions(video_ids)
+    similarity = text_emb @ video_emb[first].T  # [texts, videos]
+    return retrieval_metrics(similarity, text_to_video=text_to_video)
