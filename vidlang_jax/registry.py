@@ -1,8 +1,8 @@
 """One registry for models, losses, evaluators, datasets and masks, looked up by name.
 
 Names are `<kind>.<name>`, e.g. `model.two_tower`, `loss.sigmoid`, `dataset.moving_shapes`.
-Lookup strings may carry call syntax, `loss.sigmoid(chunked=True)`, parsed with `ast` so that
-configs stay plain strings. Registering a name twice raises: a silent override is a bug.
+Lookup strings may carry call syntax, `loss.sigmoid(batch_axes=('data',))`, parsed with `ast` so
+that configs stay plain strings. Registering a name twice raises: a silent override is a bug.
 """
 
 from __future__ import annotations

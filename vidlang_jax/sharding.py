@@ -121,8 +121,9 @@ def infer_shardings(
   """NamedShardings for a (boxed) abstract tree from `jax.eval_shape`.
 
   Leaves carrying logical names use `logical_rules`; `regex_rules` are (regex, spec) pairs
-  matched against the leaf path (first match wins) and override them, e.g.
-  `('.*pos_embedding', ())` to replicate. Unboxed leaves without a rule are replicated.
+  matched against the leaf's full path in the train state (first match wins) and override
+  them, e.g. `('.*pos_embedding', ())` replicates a param and its optimizer moments
+  (`params/...`, `opt_state/.../mu/...`). Unboxed leaves without a rule are replicated.
   """
   logical_specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical_specs, logical_rules)
@@ -130,16 +131,24 @@ def infer_shardings(
   paths = tree_paths(shapes)
   compiled = [(re.compile(pattern), spec) for pattern, spec in regex_rules]
 
+  used = set()
+
   def one(spec, leaf, path):
     for pattern, override in compiled:
       if pattern.fullmatch(path):
         spec = P(*override)
+        used.add(pattern.pattern)
         break
     spec = spec if isinstance(spec, P) else P()
     return NamedSharding(mesh, _fit_spec(spec, tuple(getattr(leaf, 'shape', ())), mesh, path))
 
-  return jax.tree.map(one, mesh_specs, shapes, paths,
-                      is_leaf=lambda x: isinstance(x, P) or x is None)
+  shardings = jax.tree.map(one, mesh_specs, shapes, paths,
+                           is_leaf=lambda x: isinstance(x, P) or x is None)
+  for pattern, _ in regex_rules:
+    if pattern not in used:
+      log.warning('Sharding rule %r matches no parameter (paths look like %r).', pattern,
+                  jax.tree.leaves(paths)[-1])
+  return shardings
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
