@@ -71,5 +71,6 @@ def _import_builtins() -> None:
       'vidlang_jax.losses.contrastive',
       'vidlang_jax.evaluators.retrieval',
       'vidlang_jax.data.builders',
+      'vidlang_jax.masking',
   ):
     importlib.import_module(module)
