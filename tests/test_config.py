@@ -43,3 +43,23 @@ def test_cli_unknown_key_fails_with_its_name(tmp_path):
   assert result.returncode != 0
   assert 'nonexistent_key' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_base_config_lays_out_fsdp_on_eight_devices():
+  """The pod config's shapes and shardings, without allocating (eval_shape only)."""
+  import jax
+
+  from vidlang_jax import sharding, train
+
+  config = config_lib.load('configs/two_tower.py:base', ['mesh.data=1', 'mesh.fsdp=8',
+                                                          'batch_size=16'])
+  mesh = sharding.make_mesh(config.mesh)
+  with sharding.use_mesh(mesh):
+    setup = train.build(config, mesh)
+  params = setup.abstract_state['params']
+  count = sum(x.size for x in jax.tree.leaves(params))
+  assert 120e6 < count < 135e6, count  # ViT-B/16 video tower (86M) + 12 x 512 text tower (38M)
+  kernel = params['video']['encoder']['blocks']['mlp']['Dense_0']['kernel']
+  assert kernel.shape == (12, 768, 3072) and 'fsdp' in str(kernel.sharding.spec)
+  shard_shape = kernel.sharding.shard_shape(kernel.shape)
+  assert shard_shape == (12, 96, 3072)  # the model dimension split over 8 devices
