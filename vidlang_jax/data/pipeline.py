@@ -200,8 +200,10 @@ def tokenizer_path(data_config: ml_collections.ConfigDict) -> str:
 
 
 def check_split(data_config: ml_collections.ConfigDict, split: str, what: str) -> None:
-  """Fails early, naming the splits there are, when `split` is not one of the dataset's."""
-  tokenizer_path(data_config)  # builds the dataset if needed
+  """Fails early, naming the splits there are, when `split` is not one of the dataset's.
+
+  Call after `tokenizer_path`, which builds the dataset if needed.
+  """
   builder = builders.get_builder(data_config.name, data_config.get('data_dir'),
                                  **data_config.get('builder_kwargs', {}))
   splits = sorted(builder.info.splits)

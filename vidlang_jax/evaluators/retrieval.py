@@ -46,6 +46,7 @@ class RetrievalEvaluator:
   def __init__(self, *, model, config: ml_collections.ConfigDict,
                eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     self.model, self.config, self.eval_config, self.mesh = model, config, eval_config, mesh
+    pipeline.tokenizer_path(config.data)  # builds the dataset (and tokenizer) if needed
     pipeline.check_split(config.data, eval_config.split, 'the evaluation split')
     self.batch_size = eval_config.get('batch_size', config.batch_size)
 
