@@ -18,7 +18,12 @@ def setup_run(config, devices=None):
   with jax.set_mesh(mesh):
     setup = train.build(config, mesh)
   step = train.make_train_step(setup.objective, setup.tx, setup.schedule, setup.shardings)
-  return mesh, setup.init, setup.shardings, setup.abstract_state, step
+
+  def new_state(seed):
+    with jax.set_mesh(mesh):
+      return jax.jit(setup.init, out_shardings=setup.shardings)(jax.random.key(seed))
+
+  return mesh, new_state, setup.abstract_state, step
 
 
 def next_loss(mesh, step, state, config, seed):
@@ -31,10 +36,8 @@ def next_loss(mesh, step, state, config, seed):
 def test_save_restore_identical_next_step(tmp_path):
   config = tiny_config()
   config.mesh.update(data=2, fsdp=4)
-  mesh, init, shardings, _, step = setup_run(config)
-  with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
-  state, _ = next_loss(mesh, step, state, config, seed=0)
+  mesh, new_state, _, step = setup_run(config)
+  state, _ = next_loss(mesh, step, new_state(0), config, seed=0)
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'))
   checkpointer.save(1, state, None, config.to_dict())
   checkpointer.wait()
@@ -42,7 +45,7 @@ def test_save_restore_identical_next_step(tmp_path):
 
   # Restore onto a different mesh (fsdp=8): resharding on load.
   config.mesh.update(data=1, fsdp=8)
-  mesh2, _, _, abstract2, step2 = setup_run(config)
+  mesh2, _, abstract2, step2 = setup_run(config)
   restored_step, restored = checkpointer.restore_latest(abstract2, None)
   assert restored_step == 1
   kernel = find_leaf(restored['params'], r'video/encoder/.*mlp/Dense_0/kernel')
@@ -54,9 +57,8 @@ def test_save_restore_identical_next_step(tmp_path):
 
 def test_damaged_latest_checkpoint_falls_back(tmp_path):
   config = tiny_config()
-  mesh, init, shardings, abstract, _ = setup_run(config)
-  with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+  _, new_state, abstract, _ = setup_run(config)
+  state = new_state(0)
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), async_save=False)
   checkpointer.save(1, state, None, {})
   checkpointer.save(2, state, None, {})
@@ -68,10 +70,8 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path):
 
 def test_load_params_partial_and_shape_mismatch(tmp_path):
   config = tiny_config()
-  mesh, init, shardings, _, _ = setup_run(config)
-  with jax.set_mesh(mesh):
-    source = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
-    target = jax.jit(init, out_shardings=shardings)(jax.random.key(7))
+  _, new_state, _, _ = setup_run(config)
+  source, target = new_state(0), new_state(7)
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'run' / 'checkpoints'),
                                              async_save=False)
   checkpointer.save(5, source, None, {})
@@ -96,14 +96,12 @@ def test_load_params_partial_and_shape_mismatch(tmp_path):
 
 def test_checkpoint_of_another_config_raises_instead_of_restarting(tmp_path):
   config = tiny_config()
-  mesh, init, shardings, _, _ = setup_run(config)
-  with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+  _, new_state, _, _ = setup_run(config)
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), async_save=False)
-  checkpointer.save(1, state, None, {})
+  checkpointer.save(1, new_state(0), None, {})
   config.model.video.width = 64  # another model in the same workdir
   config.model.video.num_heads = 2
-  _, _, _, other_abstract, _ = setup_run(config)
+  _, _, other_abstract, _ = setup_run(config)
   with pytest.raises(ValueError, match='does not fit this config'):
     checkpointer.restore_latest(other_abstract, None)
   checkpointer.close()

@@ -134,13 +134,12 @@ def make_train_step(objective, tx, schedule, state_shardings):
   return train_step
 
 
-def write_eval(workdir: str, step: int, results: dict[str, Any]) -> str:
+def write_eval(workdir: str, step: int, results: dict[str, Any]) -> None:
   os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
   path = os.path.join(workdir, 'eval', f'{step}.json')
   if jax.process_index() == 0:
     with open(path, 'w', encoding='utf-8') as f:
       json.dump({'step': step, **{k: to_python(v) for k, v in results.items()}}, f, indent=2)
-  return path
 
 
 def build_evaluators(config, model, mesh) -> dict[str, Any]:

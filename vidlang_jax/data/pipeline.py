@@ -144,9 +144,6 @@ class Tokenize(grain.transforms.Map):
 
 class _SkipCountingIterator(grain.DatasetIterator):
 
-  def __init__(self, parent: grain.DatasetIterator):
-    super().__init__(parent)
-
   def __next__(self) -> dict[str, Any]:
     skipped = 0
     while True:
