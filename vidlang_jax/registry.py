@@ -68,6 +68,7 @@ def _import_builtins() -> None:
 
   for module in (
       'vidlang_jax.models.two_tower',
+      'vidlang_jax.models.masked_video',
       'vidlang_jax.losses.contrastive',
       'vidlang_jax.evaluators.retrieval',
       'vidlang_jax.data.builders',

@@ -52,6 +52,20 @@ class TwoTower(nn.Module):
     pooled, _ = self.video_tower(video, train=train)
     return _l2_normalize(self.video_proj(pooled).astype(jnp.float32))
 
+  def video_features(self, video: jax.Array) -> jax.Array:
+    """The video tower's pooled output `[batch, width]`, before projection (linear probes)."""
+    return self.video_tower(video)[0]
+
+  def video_patch_embeddings(self, video: jax.Array) -> jax.Array:
+    """Every tubelet token projected into the joint space, `[batch, tokens, embed_dim]`.
+
+    With `gap` pooling the video embedding is their mean (before normalisation), so their
+    cosine similarity to a caption says which patches the caption explains (text-guided
+    masking, as MaskCLIP reads CLIP's patch tokens).
+    """
+    _, tokens = self.video_tower(video)
+    return self.video_proj(tokens).astype(jnp.float32)
+
   def encode_text(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:
     """`[batch, length]` -> normalised `[batch, embed_dim]`."""
     pooled, _ = self.text_tower(tokens, train=train)

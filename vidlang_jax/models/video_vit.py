@@ -73,17 +73,29 @@ class VideoViT(nn.Module):
       self.pool_attention = nn.MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype,
                                                             name='pool_attention')
 
-  def embed(self, video: jax.Array) -> jax.Array:
-    """Tubelet tokens with position embeddings: `[batch, t, h*w, width]`."""
+  def embed(self, video: jax.Array, keep_indices: jax.Array | None = None) -> jax.Array:
+    """Tubelet tokens with position embeddings.
+
+    Returns `[batch, t, h*w, width]`, or with `keep_indices` (`[batch, n]` into the t-major
+    flattened grid, see `vidlang_jax.masking`) only those tokens, `[batch, n, width]`: the
+    patches are gathered before the embedding, so masked tokens cost nothing.
+    """
     patches = patchify(video, self.tubelet)
     _, t, h, w, _ = patches.shape
     if (h, w) != self.grid[1:]:
       raise ValueError(f'frames give a {h}x{w} patch grid but the model was built for '
                        f'{self.grid[1]}x{self.grid[2]} (image_size={self.image_size}).')
-    tokens = self.patch_embed(patches.astype(self.dtype))
-    tokens = einops.rearrange(tokens, 'b t h w d -> b t (h w) d')
-    tokens = tokens + _resize_embedding(self.pos_time, t)[None, :, None]
-    tokens = tokens + self.pos_space[None, None]
+    # [t * h * w, width], t-major like the patches.
+    pos = (_resize_embedding(self.pos_time, t)[:, None] + self.pos_space[None]).reshape(
+        t * h * w, self.width)
+    patches = einops.rearrange(patches, 'b t h w p -> b (t h w) p')
+    if keep_indices is not None:
+      patches = jnp.take_along_axis(patches, keep_indices[..., None], axis=1)
+      pos = pos[keep_indices]  # [batch, n, width]
+    tokens = self.patch_embed(patches.astype(self.dtype)) + pos.astype(self.dtype)
+    if keep_indices is not None:
+      return layers.constrain(tokens, 'batch', None, 'embed')
+    tokens = einops.rearrange(tokens, 'b (t s) d -> b t s d', t=t)
     return layers.constrain(tokens, 'batch', None, None, 'embed')
 
   def encode_tokens(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:

@@ -1,0 +1,102 @@
+"""Masked video modeling (VideoMAE) and joint MAE + contrastive (TGM) on moving_shapes.
+
+  # VideoMAE, tube masking at 0.9, 2 CPU cores, ~10 minutes; then the probes again:
+  vidlang train --config configs/masked_video.py:tiny --workdir runs/mae_tiny
+  vidlang eval  --config configs/masked_video.py:tiny --workdir runs/mae_tiny
+
+  # Joint MAE + video-text contrastive in one forward pass (adds a text tower, retrieval eval):
+  vidlang train --config configs/masked_video.py:tiny,joint --workdir runs/joint_tiny
+
+  # Text-guided masking, guided by a frozen two-tower run of the same size:
+  vidlang train --config configs/masked_video.py:tiny,joint,masking=text_guided,\
+guide=runs/two_tower_tiny --workdir runs/tgm_tiny
+
+  # ViT-B/16 VideoMAE on a pod slice:
+  vidlang train --config configs/masked_video.py:base --workdir gs://bucket/runs/mae_base \
+      --config.mesh.fsdp=-1 --config.mesh.data=1
+
+Arguments (comma separated): `tiny` | `base`, `masking=tube|random|running_cell|text_guided`,
+`ratio=R` (default 0.9; 0.75 for running_cell, which masks whole quarters of 2x2 cells),
+`joint` (MAE + contrastive), `guide=PATH` (the two-tower run for text-guided masking),
+`loss=sigmoid|softmax`, `steps=N`. Model, data, mesh and optimizer keys follow
+`configs/two_tower.py`, so the encoder is the two-tower video tower and checkpoints move
+between the two families.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+from vidlang_jax.config import parse_arg
+
+
+def _two_tower_config(arg: str) -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'two_tower.py')
+  spec = importlib.util.spec_from_file_location('_vidlang_config_two_tower', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False, base=False, masking='tube', ratio=0.0, joint=False, guide='',
+                  loss='sigmoid', steps=0)
+  size = 'tiny' if arg.tiny else 'base'
+  c = _two_tower_config(f'{size},loss={arg.loss}')
+  c.objective = 'masked_video'
+  c.model.name = 'masked_video'
+  if not arg.joint:
+    c.model.text = None
+  # VideoMAE's decoder: 4 blocks of width 384 (ViT-B encoder).
+  c.model.decoder = ml_collections.ConfigDict(dict(
+      width=384, depth=4, num_heads=6, mlp_dim=1536, scan=True, remat=True))
+
+  c.masking = ml_collections.ConfigDict()
+  c.masking.kind = arg.masking
+  c.masking.ratio = arg.ratio or (0.75 if arg.masking == 'running_cell' else 0.9)
+  # text_guided: this fraction of the masked patches is drawn at random instead (TGM mixes).
+  c.masking.random_fraction = 0.0
+  c.masking.guide_model = None
+
+  c.loss = ml_collections.ConfigDict(dict(
+      kind=arg.loss, recon_weight=1.0, contrastive_weight=1.0 if arg.joint else 0.0,
+      normalize_target=True))
+
+  # VideoMAE: AdamW, betas (0.9, 0.95), weight decay 0.05, lr 1.5e-4 x batch / 256.
+  c.batch_size = 1024
+  c.total_steps = arg.steps or 100_000
+  c.optimizer.update(dict(learning_rate=6e-4, warmup_steps=10_000, b2=0.95, weight_decay=0.05))
+
+  c.evals = ml_collections.ConfigDict()
+  c.evals.probe = ml_collections.ConfigDict(dict(
+      type='linear_probe', train_split='train', train_examples=10_000, test_split='test',
+      labels=('shape', 'motion'), single_object=True, random_init_baseline=False,
+      batch_size=512))
+  c.evals.recon = ml_collections.ConfigDict(dict(
+      type='reconstruction', split='test', num_examples=512, batch_size=256, num_images=4))
+  if arg.joint:
+    c.evals.retrieval = ml_collections.ConfigDict(dict(type='retrieval', split='test',
+                                                       batch_size=1024))
+
+  if arg.masking == 'text_guided':
+    # The guide is a frozen two-tower model of the same size under params/guide, loaded from
+    # its run by the init_from rules below and never updated.
+    c.masking.guide_model = _two_tower_config(f'{size},loss={arg.loss}').model
+    c.init_from.path = arg.guide
+    c.init_from.load = [('guide/(.*)', r'\1')]
+    c.init_from.dont_load = ['(?!guide/).*']
+    c.optimizer.freeze = 'guide/.*'
+
+  if arg.tiny:
+    c.model.decoder.update(dict(width=64, depth=2, num_heads=4, mlp_dim=128, scan=False,
+                                remat=False))
+    c.batch_size = 128
+    c.total_steps = arg.steps or 1500
+    c.optimizer.update(dict(learning_rate=1e-3, warmup_steps=100))
+    c.checkpoint_every = 500
+    c.evals.probe.update(dict(train_examples=4000, random_init_baseline=True, batch_size=200))
+    c.evals.recon.update(dict(num_examples=200, batch_size=200))
+    if arg.joint:
+      c.evals.retrieval.batch_size = 200
+  return c
