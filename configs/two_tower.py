@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.8, 1.0)
   c.data.max_text_len = 32
   c.data.vocab_size = 1000
+  c.data.label_keys = ()  # integer fields kept in training batches, e.g. ('shape_label',)
   c.data.num_workers = 8
   c.data.num_threads = 16
   c.data.prefetch = 64

@@ -69,8 +69,12 @@ def _import_builtins() -> None:
   for module in (
       'vidlang_jax.models.two_tower',
       'vidlang_jax.models.masked_video',
+      'vidlang_jax.models.classifier',
       'vidlang_jax.losses.contrastive',
       'vidlang_jax.evaluators.retrieval',
+      'vidlang_jax.evaluators.linear_probe',
+      'vidlang_jax.evaluators.reconstruction',
+      'vidlang_jax.evaluators.classification',
       'vidlang_jax.data.builders',
       'vidlang_jax.masking',
   ):

@@ -172,7 +172,9 @@ NUMERIC_KEYS = ('video', 'text', 'num_skipped')
 
 
 def _keep_numeric(element: dict[str, Any], extra: tuple[str, ...]) -> dict[str, Any]:
-  return {k: np.asarray(v) for k, v in element.items() if k in NUMERIC_KEYS + extra}
+  """The model's inputs; int64 dataset fields (labels) become int32, as JAX uses."""
+  out = {k: np.asarray(v) for k, v in element.items() if k in NUMERIC_KEYS + extra}
+  return {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in out.items()}
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -219,7 +221,8 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, local_
   ds = ds.map(Tokenize(tokenizer_file, data_config.max_text_len))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
                                             prefetch_buffer_size=data_config.prefetch))
-  ds = SkipCorrupt(ds).map(functools.partial(_keep_numeric, extra=()))
+  ds = SkipCorrupt(ds).map(functools.partial(
+      _keep_numeric, extra=tuple(data_config.get('label_keys', ()))))
   ds = ds.batch(local_batch_size, drop_remainder=True)
   if data_config.num_workers > 0:
     _ensure_absl_flags_parsed()
@@ -244,16 +247,20 @@ def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size:
 
 
 def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int,
-                 keys: tuple[str, ...] = ()) -> Iterator[dict[str, np.ndarray]]:
+                 keys: tuple[str, ...] = (), max_examples: int | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """One deterministic pass over a split (every process sees all of it), in fixed-size batches.
 
   The last batch is padded by repeating examples and `mask` marks the real ones, so that one
-  compiled eval step serves every batch. `keys` adds fields (e.g. labels) to the batch.
+  compiled eval step serves every batch. `keys` adds fields (e.g. labels) to the batch;
+  `max_examples` stops after the split's first that many.
   """
   tokenizer_file = tokenizer_path(data_config)
   source = builders.data_source(data_config.name, split, data_config.get('data_dir'),
                                 **data_config.get('builder_kwargs', {}))
   ds = grain.MapDataset.source(source)
+  if max_examples is not None:
+    ds = ds[:max_examples]
   ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=False),
                      seed=0)
   ds = ds.map(Tokenize(tokenizer_file, data_config.max_text_len))
@@ -276,5 +283,7 @@ def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
   size, frames = data_config.image_size, data_config.num_frames
   shapes = {'video': ((global_batch_size, frames, size, size, 3), np.float32),
             'text': ((global_batch_size, data_config.max_text_len), np.int32)}
+  for key in data_config.get('label_keys', ()):  # e.g. 'shape_label' for classification
+    shapes[key] = ((global_batch_size,), np.int32)
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
           for k, (shape, dtype) in shapes.items()}
