@@ -76,6 +76,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict()
   c.evals.retrieval = ml_collections.ConfigDict(dict(type='retrieval', split='test',
                                                      batch_size=1024))
+  # Ridge probe of the pooled video features (see vidlang_jax/evaluators/linear_probe.py).
+  c.evals.probe = ml_collections.ConfigDict(dict(
+      type='linear_probe', train_split='train', train_examples=10_000, test_split='test',
+      labels=('shape', 'motion'), single_object=True, random_init_baseline=False,
+      batch_size=1024))
 
   if arg.tiny:
     # 2 CPU cores, ~10 minutes: 32x32 frames, 8 per clip, small towers (MLP ratio 2: cheaper
@@ -101,4 +106,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every = 1000
     c.checkpoint_every = 350
     c.evals.retrieval.batch_size = 200
+    c.evals.probe.update(dict(train_examples=4000, batch_size=200))
   return c

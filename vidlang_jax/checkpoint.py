@@ -96,15 +96,9 @@ def _resolve_checkpoint(path: str) -> tuple[str, int]:
   return path, steps[-1]
 
 
-def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('(.*)', r'\1'),),
-                dont_load: Sequence[str] = (), mesh: jax.sharding.Mesh | None = None) -> Any:
-  """Loads params from another run's checkpoint into `params` (a tree of arrays).
-
-  `load` is a list of (regex on the target path, replacement giving the checkpoint path), first
-  match wins; e.g. `[('video/(.*)', r'encoder/\\1')]` loads an MAE encoder into the video tower.
-  Target params matched by a `dont_load` regex, or by no `load` rule, keep their values. A
-  target whose checkpoint path is missing or has another shape raises, naming both.
-  """
+def read_params(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[str, Any], str]:
+  """The params of a run's checkpoint as {'a/b/kernel': array} (replicated over `mesh`, else
+  on one device), and a name for it ('<dir>/<step>') for messages."""
   directory, step = _resolve_checkpoint(path)
   manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'config'),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
@@ -114,8 +108,22 @@ def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
                           metadata)
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  source = {path: leaf for path, leaf in zip(jax.tree.leaves(tree_paths(state['state']['params'])),
-                                             jax.tree.leaves(state['state']['params']))}
+  manager.close()
+  params = state['state']['params']
+  return ({p: leaf for p, leaf in zip(jax.tree.leaves(tree_paths(params)),
+                                       jax.tree.leaves(params))}, f'{directory}/{step}')
+
+
+def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('(.*)', r'\1'),),
+                dont_load: Sequence[str] = (), mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Loads params from another run's checkpoint into `params` (a tree of arrays).
+
+  `load` is a list of (regex on the target path, replacement giving the checkpoint path), first
+  match wins; e.g. `[('video/(.*)', r'encoder/\\1')]` loads an MAE encoder into the video tower.
+  Target params matched by a `dont_load` regex, or by no `load` rule, keep their values. A
+  target whose checkpoint path is missing or has another shape raises, naming both.
+  """
+  source, name = read_params(path, mesh)
   load_rules = [(re.compile(a), b) for a, b in load]
   skip_rules = [re.compile(p) for p in dont_load]
   loaded, kept = [], []
@@ -133,17 +141,16 @@ def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('
       return value
     if source_path not in source:
       raise KeyError(f'{target_path!r} maps to {source_path!r}, which is not in checkpoint '
-                     f'{directory}/{step}. Checkpoint params start with: '
+                     f'{name}. Checkpoint params start with: '
                      f'{sorted({p.split("/")[0] for p in source})}')
     new = source[source_path]
     if tuple(new.shape) != tuple(value.shape):
       raise ValueError(f'Shape mismatch loading {source_path!r} {tuple(new.shape)} from '
-                       f'{directory}/{step} into {target_path!r} {tuple(value.shape)}.')
+                       f'{name} into {target_path!r} {tuple(value.shape)}.')
     loaded.append(target_path)
     return jax.device_put(np.asarray(new).astype(value.dtype), value.sharding)
 
   merged = jax.tree.map(merge, tree_paths(params), params)
-  log.info('Loaded %d params from %s/%d; kept %d as initialised: %s', len(loaded), directory,
-           step, len(kept), kept[:20])
-  manager.close()
+  log.info('Loaded %d params from %s; kept %d as initialised: %s', len(loaded), name,
+           len(kept), kept[:20])
   return merged

@@ -51,13 +51,13 @@ class ReconstructionEvaluator:
     self.batch_size = eval_config.get('batch_size', config.batch_size)
     make_mask = mv.mask_fn(config)
     tubelet = tuple(config.model.video.tubelet)
-    normalize = config.loss.normalize_target
+    normalize, var_eps = config.loss.normalize_target, config.loss.target_var_eps
 
     def reconstruct(params, batch, rng):
       own, _ = mv.split_guide(params)
       mask = make_mask(params, batch, rng)
       pred = model.apply({'params': own}, batch['video'], mask)['pred']
-      _, mean, std = mv.tubelet_targets(batch['video'], tubelet, normalize)
+      _, mean, std = mv.tubelet_targets(batch['video'], tubelet, normalize, var_eps)
       truth = einops.rearrange(mv.patchify(mv.pixels_01(batch['video']), tubelet),
                                'b t h w (p c) -> b (t h w) p c', c=3)
       pixels = mv.prediction_pixels(pred, mean, std)  # [batch, tokens, p, c]

@@ -42,19 +42,21 @@ def pixels_01(video: jax.Array) -> jax.Array:
   return video * jnp.asarray(STD_RGB) + jnp.asarray(MEAN_RGB)
 
 
-def tubelet_targets(video: jax.Array, tubelet: tuple[int, int, int], normalize: bool = True
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def tubelet_targets(video: jax.Array, tubelet: tuple[int, int, int], normalize: bool = True,
+                    var_eps: float = 1e-6) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Reconstruction targets `[batch, tokens, pt*ph*pw*3]` and each tubelet's per-channel
   mean and std `[batch, tokens, 1, 3]` (to map predictions back to pixels).
 
   With `normalize`, as in VideoMAE, each tubelet is normalised per channel by its own mean and
-  (unbiased) std over its pixels, which makes the task about structure, not brightness.
+  std over its pixels (in [0, 1]), sqrt(var + var_eps), which makes the task about structure,
+  not brightness. On near-flat tubelets a tiny `var_eps` blows codec noise up to unit variance;
+  synthetic clips with flat backgrounds want a floor such as 1e-2.
   """
   patches = patchify(pixels_01(video.astype(jnp.float32)), tubelet)
   patches = einops.rearrange(patches, 'b t h w (p c) -> b (t h w) p c', c=video.shape[-1])
   if normalize:
     mean = patches.mean(axis=2, keepdims=True)
-    std = jnp.sqrt(patches.var(axis=2, keepdims=True, ddof=1)) + 1e-6
+    std = jnp.sqrt(patches.var(axis=2, keepdims=True, ddof=1) + var_eps)
   else:
     mean, std = jnp.zeros_like(patches[:, :, :1]), jnp.ones_like(patches[:, :, :1])
   target = einops.rearrange((patches - mean) / std, 'b n p c -> b n (p c)')
@@ -254,6 +256,9 @@ def masked_video_objective(model: nn.Module, config: ml_collections.ConfigDict) 
   _check_same(config, ('data.image_size', 'model.video.image_size'))
   guide = build_guide(config)
   if guide is not None:
+    if not config.init_from.path:
+      raise ValueError("masking.kind='text_guided' needs a trained two-tower run as its guide: "
+                       'pass guide=PATH in the config argument (it sets init_from.path).')
     if not re.fullmatch(config.optimizer.freeze or '$^', 'guide/video/patch_embed/kernel'):
       raise ValueError("masking.kind='text_guided' keeps a frozen guide model under 'guide/': "
                        "set optimizer.freeze to a regex matching 'guide/.*' (the config "
@@ -278,7 +283,8 @@ def masked_video_objective(model: nn.Module, config: ml_collections.ConfigDict) 
     mask = make_mask(params, batch, mask_rng)
     out = model.apply({'params': own}, batch['video'], mask, batch['text'] if joint else None,
                       train=train, rngs={'dropout': dropout_rng})
-    target, _, _ = tubelet_targets(batch['video'], tubelet, config.loss.normalize_target)
+    target, _, _ = tubelet_targets(batch['video'], tubelet, config.loss.normalize_target,
+                                   config.loss.target_var_eps)
     recon = masked_mse(out['pred'], target, mask.mask)
     total = config.loss.recon_weight * recon
     metrics = {'recon_loss': recon}
