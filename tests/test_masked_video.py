@@ -115,7 +115,9 @@ def test_objective_errors_name_the_fix():
     mv.masked_video_objective(train.build_model(config), config)
 
 
-@pytest.mark.parametrize('arg', ['tiny', 'tiny,joint,masking=random', 'tiny,masking=running_cell'])
+@pytest.mark.parametrize('arg', ['tiny,joint,masking=random',
+                                 pytest.param('tiny', marks=pytest.mark.slow),
+                                 pytest.param('tiny,masking=running_cell', marks=pytest.mark.slow)])
 def test_train_step_on_eight_devices_matches_one(arg):
   config = mae_config(arg)
   config.model.video.depth = 1
