@@ -24,20 +24,15 @@ Arguments (comma separated): `tiny` | `base`, `masking=tube|random|running_cell|
 between the two families.
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-from vidlang_jax.config import parse_arg
+from vidlang_jax.config import from_file, parse_arg
 
 
 def _two_tower_config(arg: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'two_tower.py')
-  spec = importlib.util.spec_from_file_location('_vidlang_config_two_tower', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'two_tower.py'), arg)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -44,16 +44,22 @@ def _coerce(text: str, like: Any) -> Any:
   return float(value) if isinstance(like, float) else value
 
 
-def load(spec: str, overrides: Mapping[str, str] | Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """`configs/two_tower.py:tiny` (+ overrides like `total_steps=10`) -> validated ConfigDict."""
-  path, _, arg = spec.partition(':')
+def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file (no overrides, no validation); configs that extend
+  another (masked_video.py builds on two_tower.py) call it with their sibling's path."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'Config file {path!r} does not exist.')
   module_spec = importlib.util.spec_from_file_location(
       f'_vidlang_config_{os.path.splitext(os.path.basename(path))[0]}', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
+  return module.get_config(arg or None)
+
+
+def load(spec: str, overrides: Mapping[str, str] | Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """`configs/two_tower.py:tiny` (+ overrides like `total_steps=10`) -> validated ConfigDict."""
+  path, _, arg = spec.partition(':')
+  config = from_file(path, arg)
   if not isinstance(overrides, Mapping):
     overrides = dict(item.split('=', 1) for item in overrides)
   apply_overrides(config, overrides)

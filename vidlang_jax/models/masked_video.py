@@ -23,8 +23,7 @@ import ml_collections
 from vidlang_jax import masking, registry
 from vidlang_jax.data.pipeline import MEAN_RGB, STD_RGB
 from vidlang_jax.models import Objective, layers
-from vidlang_jax.models.text_transformer import TextTransformer
-from vidlang_jax.models.two_tower import TwoTower, _check_same, _l2_normalize
+from vidlang_jax.models.two_tower import TwoTower, _check_same, _l2_normalize, setup_text_and_head
 from vidlang_jax.models.video_vit import VideoViT, _resize_embedding, patchify
 
 Grid = tuple[int, int, int]
@@ -149,15 +148,7 @@ class MaskedVideoModel(nn.Module):
                        self.video['image_size'], 3), tubelet)
     self.mae_decoder = MaeDecoder(grid, math.prod(tubelet) * 3, **self.decoder, name='decoder')
     if self.text is not None:
-      self.text_tower = TextTransformer(**self.text, name='text')
-      proj = lambda name: nn.Dense(
-          self.embed_dim, use_bias=False, name=name,
-          kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed', None))
-      self.video_proj, self.text_proj = proj('video_proj'), proj('text_proj')
-      self.logit_scale = self.param('logit_scale', nn.initializers.constant(
-          math.log(self.temperature_init)), ())
-      if self.bias_init is not None:
-        self.logit_bias = self.param('logit_bias', nn.initializers.constant(self.bias_init), ())
+      setup_text_and_head(self)
 
   def encode_visible(self, video: jax.Array, keep_indices: jax.Array, *,
                      train: bool = False) -> jax.Array:

@@ -21,6 +21,20 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
   return x / jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)
 
 
+def setup_text_and_head(module: nn.Module) -> None:
+  """Called from a `setup`: the text tower, both projections, temperature and bias, under the
+  names every video-text model shares (so their checkpoints load into one another)."""
+  module.text_tower = TextTransformer(**module.text, name='text')
+  proj = lambda name: nn.Dense(
+      module.embed_dim, use_bias=False, name=name,
+      kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed', None))
+  module.video_proj, module.text_proj = proj('video_proj'), proj('text_proj')
+  module.logit_scale = module.param('logit_scale', nn.initializers.constant(
+      math.log(module.temperature_init)), ())
+  if module.bias_init is not None:
+    module.logit_bias = module.param('logit_bias', nn.initializers.constant(module.bias_init), ())
+
+
 @registry.register('model.two_tower')
 class TwoTower(nn.Module):
   """`video` tower (VideoViT) + `text` tower, projected to a shared `embed_dim` and normalised.
@@ -37,15 +51,7 @@ class TwoTower(nn.Module):
 
   def setup(self):
     self.video_tower = VideoViT(**self.video, name='video')
-    self.text_tower = TextTransformer(**self.text, name='text')
-    proj = lambda name: nn.Dense(
-        self.embed_dim, use_bias=False, name=name,
-        kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed', None))
-    self.video_proj, self.text_proj = proj('video_proj'), proj('text_proj')
-    self.logit_scale = self.param('logit_scale', nn.initializers.constant(
-        math.log(self.temperature_init)), ())
-    if self.bias_init is not None:
-      self.logit_bias = self.param('logit_bias', nn.initializers.constant(self.bias_init), ())
+    setup_text_and_head(self)
 
   def encode_video(self, video: jax.Array, *, train: bool = False) -> jax.Array:
     """`[batch, time, height, width, 3]` -> normalised `[batch, embed_dim]`."""
