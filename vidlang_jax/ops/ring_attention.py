@@ -1,0 +1,313 @@
+"""Ring attention (Liu et al.; the LWM kernel): exact attention with the sequence sharded over a
+mesh axis.
+
+Each device keeps its query shard and passes its key/value shard (with their positions and
+segment ids) around the ring with `lax.ppermute`, N steps for N devices. Every step is a
+blockwise online-softmax pass (fp32 max / sum / accumulator), so memory holds one
+`[block_q, block_kv]` tile of logits at a time, never `[L, L]`. The backward pass is a second
+ring (`jax.custom_vjp`): the key/value gradients travel with their shard and are home after N
+steps, so activation memory stays O(L / N).
+
+Causal masking uses each token's global position, so it works for any layout of the sequence
+over devices; tiles that are entirely in the future are skipped. With the contiguous layout the
+last device does N times the work of the first; `layout='zigzag'` (device i holds chunks i and
+2N - 1 - i of 2N) gives every device the same work. Segment ids (0 = padding) keep packed
+documents apart, as in `ops.attention.dot_product_attention`, which this must equal.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+NEG_INF = -1e30  # Finite, so fully masked tiles give exp(NEG_INF - m) = 0, not NaN.
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def layout_permutation(length: int, num_shards: int, layout: str) -> np.ndarray:
+  """Token order that puts each device's share contiguous: `x[:, perm]` is laid out so that
+  shard i of the sequence axis holds what `layout` gives device i."""
+  if layout == 'contiguous':
+    return np.arange(length)
+  if layout != 'zigzag':
+    raise ValueError(f"layout must be 'contiguous' or 'zigzag', got {layout!r}.")
+  if length % (2 * num_shards):
+    raise ValueError(f'zigzag layout needs length {length} divisible by 2 x {num_shards} shards.')
+  chunks = np.arange(length).reshape(2 * num_shards, -1)
+  return np.concatenate([np.concatenate([chunks[i], chunks[2 * num_shards - 1 - i]])
+                         for i in range(num_shards)])
+
+
+def causal_tiles_per_device(length: int, num_shards: int, block: int, layout: str) -> np.ndarray:
+  """How many `[block, block]` tiles each device computes in causal ring attention (the rest
+  are skipped): the load balance of a layout."""
+  positions = layout_permutation(length, num_shards, layout).reshape(num_shards, -1, block)
+  first, last = positions.min(-1), positions.max(-1)  # [device, tiles]
+  counts = []
+  for device in range(num_shards):
+    # A query tile needs a key tile unless every key is after every query.
+    needed = first[None, :, :] <= last[device][:, None, None]  # [q tiles, kv device, kv tiles]
+    counts.append(int(needed.sum()))
+  return np.array(counts)
+
+
+# ----------------------------------------------------------------------------- one tile
+
+
+def _tile_logits(q, k, q_pos, kv_pos, q_seg, kv_seg, causal, scale):
+  """q `[b, bq, kvh, g, d]`, k `[b, bk, kvh, d]` -> masked fp32 logits `[b, kvh, g, bq, bk]`
+  and the boolean mask."""
+  s = jnp.einsum('bqhgd,bkhd->bhgqk', q, k, preferred_element_type=jnp.float32) * scale
+  mask = (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
+  if causal:
+    mask &= q_pos[:, :, None] >= kv_pos[:, None, :]
+  mask = mask[:, None, None]  # [b, 1, 1, bq, bk]
+  return jnp.where(mask, s, NEG_INF), mask
+
+
+def _skip(q_pos, kv_pos, causal):
+  """True when the whole tile is in the future (causal), so it contributes nothing."""
+  if not causal:
+    return jnp.bool_(False)
+  return jnp.max(q_pos) < jnp.min(kv_pos)
+
+
+def _split(x, block, axis=1):
+  """`[b, L, ...]` -> `[L // block, b, block, ...]`."""
+  shape = x.shape
+  x = x.reshape(shape[:axis] + (shape[axis] // block, block) + shape[axis + 1:])
+  return jnp.moveaxis(x, axis, 0)
+
+
+def _merge(x, axis=1):
+  """Inverse of `_split`."""
+  x = jnp.moveaxis(x, 0, axis)
+  return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, scale, block_q,
+                   block_kv):
+  """Online-softmax update of `acc = (o, m, l)` for the local queries against one kv shard.
+
+  o `[b, Lq, kvh, g, d]`, m and l `[b, kvh, g, Lq]`, all fp32.
+  """
+  kv_tiles = (_split(k, block_kv), _split(v, block_kv), _split(kv_pos, block_kv),
+              _split(kv_seg, block_kv))
+
+  def per_q_tile(args):
+    o, m, l, q_t, qp, qs = args
+
+    def per_kv_tile(carry, tile):
+      o, m, l = carry
+      k_t, v_t, kp, ks = tile
+
+      def compute(carry):
+        o, m, l = carry
+        s, mask = _tile_logits(q_t, k_t, qp, kp, qs, ks, causal, scale)
+        m_new = jnp.maximum(m, s.max(-1))
+        p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+        correction = jnp.exp(m - m_new)
+        l = l * correction + p.sum(-1)
+        pv = jnp.einsum('bhgqk,bkhd->bqhgd', p.astype(v_t.dtype), v_t,
+                        preferred_element_type=jnp.float32)
+        o = o * jnp.moveaxis(correction, -1, 1)[..., None] + pv
+        return o, m_new, l
+
+      return lax.cond(_skip(qp, kp, causal), lambda c: c, compute, (o, m, l)), None
+
+    (o, m, l), _ = lax.scan(per_kv_tile, (o, m, l), kv_tiles)
+    return o, m, l
+
+  o, m, l = acc
+  out = lax.map(per_q_tile, (_split(o, block_q), _split(m, block_q, 3), _split(l, block_q, 3),
+                             _split(q, block_q), _split(q_pos, block_q), _split(q_seg, block_q)))
+  return _merge(out[0]), _merge(out[1], 3), _merge(out[2], 3)
+
+
+def _ring_permute(x, axis_name, size):
+  return lax.ppermute(x, axis_name, [(i, (i + 1) % size) for i in range(size)])
+
+
+def _ring_forward(q, k, v, q_pos, q_seg, *, axis_name, size, causal, block_q, block_kv):
+  """Per-device body: q `[b, Lq, kvh, g, d]`; returns (out, logsumexp `[b, kvh, g, Lq]`)."""
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  b, lq, kvh, g, d = q.shape
+  acc = (jnp.zeros((b, lq, kvh, g, d), jnp.float32),
+         jnp.full((b, kvh, g, lq), NEG_INF, jnp.float32),
+         jnp.zeros((b, kvh, g, lq), jnp.float32))
+
+  def step(carry, _):
+    acc, k, v, kv_pos, kv_seg = carry
+    acc = _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, causal=causal,
+                         scale=scale, block_q=block_q, block_kv=block_kv)
+    k, v, kv_pos, kv_seg = (_ring_permute(x, axis_name, size) for x in (k, v, kv_pos, kv_seg))
+    return (acc, k, v, kv_pos, kv_seg), None
+
+  (acc, *_), _ = lax.scan(step, (acc, k, v, q_pos, q_seg), None, length=size)
+  o, m, l = acc
+  safe_l = jnp.where(l == 0, 1.0, l)  # rows that see nothing (padding) return zeros
+  out = o / jnp.moveaxis(safe_l, -1, 1)[..., None]
+  lse = jnp.where(l == 0, jnp.inf, m + jnp.log(safe_l))
+  return out.astype(q.dtype), lse
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def _backward_shard(grads, q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, *, causal,
+                    scale, block_q, block_kv):
+  """Adds one kv shard's contribution to (dq, dk, dv), tile by tile."""
+  dq, dk, dv = grads
+  kv_tiles = (_split(k, block_kv), _split(v, block_kv), _split(kv_pos, block_kv),
+              _split(kv_seg, block_kv), _split(dk, block_kv), _split(dv, block_kv))
+
+  def per_kv_tile(dq, tile):
+    k_t, v_t, kp, ks, dk_t, dv_t = tile
+
+    def per_q_tile(carry, args):
+      dk_t, dv_t = carry
+      q_t, do_t, lse_t, delta_t, qp, qs = args
+
+      def compute(_):
+        s, mask = _tile_logits(q_t, k_t, qp, kp, qs, ks, causal, scale)
+        p = jnp.where(mask, jnp.exp(s - lse_t[..., None]), 0.0)  # [b, kvh, g, bq, bk]
+        dv_c = jnp.einsum('bhgqk,bqhgd->bkhd', p, do_t.astype(jnp.float32))
+        dp = jnp.einsum('bqhgd,bkhd->bhgqk', do_t, v_t, preferred_element_type=jnp.float32)
+        ds = p * (dp - delta_t[..., None]) * scale
+        dq_c = jnp.einsum('bhgqk,bkhd->bqhgd', ds, k_t.astype(jnp.float32))
+        dk_c = jnp.einsum('bhgqk,bqhgd->bkhd', ds, q_t.astype(jnp.float32))
+        return dq_c, dk_c, dv_c
+
+      zeros = (jnp.zeros(q_t.shape, jnp.float32), jnp.zeros(dk_t.shape, jnp.float32),
+               jnp.zeros(dv_t.shape, jnp.float32))
+      dq_c, dk_c, dv_c = lax.cond(_skip(qp, kp, causal), lambda _: zeros, compute, None)
+      return (dk_t + dk_c, dv_t + dv_c), dq_c
+
+    (dk_t, dv_t), dq_tiles = lax.scan(
+        per_q_tile, (dk_t, dv_t),
+        (_split(q, block_q), _split(do, block_q), _split(lse, block_q, 3),
+         _split(delta, block_q, 3), _split(q_pos, block_q), _split(q_seg, block_q)))
+    return dq + _merge(dq_tiles), (dk_t, dv_t)
+
+  dq, (dk_tiles, dv_tiles) = lax.scan(per_kv_tile, dq, kv_tiles)
+  return dq, _merge(dk_tiles), _merge(dv_tiles)
+
+
+def _ring_backward(q, k, v, q_pos, q_seg, out, lse, do, *, axis_name, size, causal, block_q,
+                   block_kv):
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  # delta_i = sum_d do_i * o_i  [b, kvh, g, Lq]
+  delta = jnp.einsum('bqhgd,bqhgd->bhgq', do.astype(jnp.float32), out.astype(jnp.float32))
+  lse = jnp.where(jnp.isinf(lse), 0.0, lse)  # masked rows: p is zero anyway
+  dq = jnp.zeros(q.shape, jnp.float32)
+  dk, dv = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+
+  def step(carry, _):
+    dq, k, v, kv_pos, kv_seg, dk, dv = carry
+    dq, dk, dv = _backward_shard((dq, dk, dv), q, k, v, do, lse, delta, q_pos, kv_pos, q_seg,
+                                 kv_seg, causal=causal, scale=scale, block_q=block_q,
+                                 block_kv=block_kv)
+    k, v, kv_pos, kv_seg, dk, dv = (_ring_permute(x, axis_name, size)
+                                    for x in (k, v, kv_pos, kv_seg, dk, dv))
+    return (dq, k, v, kv_pos, kv_seg, dk, dv), None
+
+  # After `size` hops every kv shard, and the gradient travelling with it, is home again.
+  (dq, _, _, _, _, dk, dv), _ = lax.scan(step, (dq, k, v, q_pos, q_seg, dk, dv), None,
+                                         length=size)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _ring(q, k, v, q_pos, q_seg, axis_name, size, causal, block_q, block_kv):
+  return _ring_forward(q, k, v, q_pos, q_seg, axis_name=axis_name, size=size, causal=causal,
+                       block_q=block_q, block_kv=block_kv)[0]
+
+
+def _ring_fwd(q, k, v, q_pos, q_seg, axis_name, size, causal, block_q, block_kv):
+  out, lse = _ring_forward(q, k, v, q_pos, q_seg, axis_name=axis_name, size=size,
+                           causal=causal, block_q=block_q, block_kv=block_kv)
+  return out, (q, k, v, q_pos, q_seg, out, lse)
+
+
+def _ring_bwd(axis_name, size, causal, block_q, block_kv, residuals, do):
+  q, k, v, q_pos, q_seg, out, lse = residuals
+  dq, dk, dv = _ring_backward(q, k, v, q_pos, q_seg, out, lse, do, axis_name=axis_name,
+                              size=size, causal=causal, block_q=block_q, block_kv=block_kv)
+  return dq, dk, dv, None, None
+
+
+_ring.defvjp(_ring_fwd, _ring_bwd)
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def ring_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh,
+    causal: bool = False,
+    segment_ids: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    axis_name: str = 'sequence',
+    batch_axes: tuple[str, ...] = ('data', 'fsdp'),
+    block_size: int = 512,
+) -> jax.Array:
+  """Exact attention over a sequence sharded along `axis_name` of `mesh`.
+
+  Args:
+    q: `[batch, length, heads, head_dim]`; k, v: `[batch, length, kv_heads, head_dim]`
+      (grouped-query attention when kv_heads < heads). bf16 inputs accumulate in fp32.
+    causal: query at position i sees keys at positions <= i.
+    segment_ids: `[batch, length]` int; attention stays within a segment, 0 is padding.
+    positions: `[batch, length]` global positions of the tokens as laid out (default
+      0..length-1, the contiguous layout). Pass the permuted positions for `zigzag`, see
+      `layout_permutation`; causality follows them, not the storage order.
+    block_size: query and key tile length inside a device (memory is O(block_size^2)).
+
+  Returns `[batch, length, heads, head_dim]` in q's dtype, sharded like q.
+  """
+  batch, length, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  if heads % kv_heads:
+    raise ValueError(f'heads={heads} is not a multiple of kv_heads={kv_heads}.')
+  shards = mesh.shape[axis_name]
+  if length % shards:
+    raise ValueError(f'sequence length {length} is not divisible by the {shards} devices of '
+                     f'mesh axis {axis_name!r}.')
+  local = length // shards
+  block = min(block_size, local)
+  if local % block:
+    raise ValueError(f'per-device length {local} is not divisible by block_size {block}.')
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  if segment_ids is None:
+    segment_ids = jnp.ones((batch, length), jnp.int32)
+  batch_axes = tuple(a for a in batch_axes if a in mesh.shape and mesh.shape[a] > 1
+                     and batch % mesh.shape[a] == 0) or None
+  qkv_spec = P(batch_axes, axis_name, None, None)
+  token_spec = P(batch_axes, axis_name)
+  groups = heads // kv_heads
+
+  def body(q, k, v, pos, seg):
+    q = q.reshape(q.shape[:2] + (kv_heads, groups, head_dim))
+    out = _ring(q, k, v, pos.astype(jnp.int32), seg.astype(jnp.int32), axis_name, shards,
+                causal, block, block)
+    return out.reshape(out.shape[:2] + (heads, head_dim))
+
+  return jax.shard_map(body, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, token_spec,
+                                                  token_spec),
+                       out_specs=qkv_spec, check_vma=False)(q, k, v, positions, segment_ids)
