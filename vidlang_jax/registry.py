@@ -70,6 +70,7 @@ def _import_builtins() -> None:
       'vidlang_jax.models.two_tower',
       'vidlang_jax.models.masked_video',
       'vidlang_jax.models.classifier',
+      'vidlang_jax.models.world_model',
       'vidlang_jax.losses.contrastive',
       'vidlang_jax.evaluators.retrieval',
       'vidlang_jax.evaluators.linear_probe',

@@ -258,7 +258,7 @@ def ring_attention(
     k: jax.Array,
     v: jax.Array,
     *,
-    mesh: jax.sharding.Mesh,
+    mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh,
     causal: bool = False,
     segment_ids: jax.Array | None = None,
     positions: jax.Array | None = None,
@@ -284,6 +284,9 @@ def ring_attention(
   kv_heads = k.shape[2]
   if heads % kv_heads:
     raise ValueError(f'heads={heads} is not a multiple of kv_heads={kv_heads}.')
+  if axis_name not in mesh.shape:
+    raise ValueError(f'ring attention shards the sequence over mesh axis {axis_name!r}, which '
+                     f'the mesh {dict(mesh.shape)} does not have (run under jax.set_mesh).')
   shards = mesh.shape[axis_name]
   if length % shards:
     raise ValueError(f'sequence length {length} is not divisible by the {shards} devices of '

@@ -1,0 +1,163 @@
+"""LLaMA-style decoder for the long-context world model (LWM): RMSNorm, SwiGLU, RoPE, grouped-query
+attention, scan over layers with optional remat, and attention that is either the reference
+op or ring attention over the `sequence` mesh axis (`attention='dot_product' | 'ring'`).
+
+Packed rows carry `segment_ids` (0 = padding) and `positions` that restart at every document;
+RoPE and causality both follow `positions`, so the same model runs on any sequence layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vidlang_jax import registry
+from vidlang_jax.models import layers
+from vidlang_jax.ops.attention import dot_product_attention
+from vidlang_jax.ops.ring_attention import ring_attention
+
+Dtype = Any
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding of `[batch, length, heads, head_dim]` at `positions`
+  `[batch, length]` (rotate-half convention, as LLaMA / LWM)."""
+  half = x.shape[-1] // 2
+  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [half]
+  angles = positions.astype(jnp.float32)[..., None] * freqs  # [batch, length, half]
+  cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param('scale', layers.partitioned(nn.initializers.ones, 'embed'),
+                       (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (x32 * scale).astype(self.dtype)
+
+
+class Attention(nn.Module):
+  num_heads: int
+  num_kv_heads: int
+  rope_theta: float = 10_000.0
+  attention: str = 'dot_product'
+  block_size: int = 512
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    proj = lambda heads, name: layers.DenseND((heads, head_dim), ('embed', 'heads', 'kv'),
+                                              dtype=self.dtype, name=name)
+    q = rope(proj(self.num_heads, 'query')(x), positions, self.rope_theta)
+    k = rope(proj(self.num_kv_heads, 'key')(x), positions, self.rope_theta)
+    v = proj(self.num_kv_heads, 'value')(x)
+    q = layers.constrain(q, 'batch', 'length', 'heads', 'kv')
+    if self.attention == 'ring':
+      out = ring_attention(q, k, v, mesh=jax.sharding.get_abstract_mesh(), causal=True,
+                           segment_ids=segment_ids, positions=positions,
+                           block_size=self.block_size)
+    elif self.attention == 'dot_product':
+      out = dot_product_attention(q, k, v, causal=True, segment_ids=segment_ids)
+    else:
+      raise ValueError(f"model.attention must be 'dot_product' or 'ring', got "
+                       f'{self.attention!r}.')
+    return layers.DenseND((width,), ('heads', 'kv', 'embed'), contract=2, dtype=self.dtype,
+                          name='out')(out)
+
+
+class SwiGLU(nn.Module):
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = layers.partitioned(nn.initializers.lecun_normal(), 'embed', 'mlp')
+    gate = nn.Dense(self.mlp_dim, use_bias=False, dtype=self.dtype, kernel_init=init,
+                    name='gate')(x)
+    up = nn.Dense(self.mlp_dim, use_bias=False, dtype=self.dtype, kernel_init=init, name='up')(x)
+    hidden = layers.constrain(nn.silu(gate) * up, 'batch', 'length', 'mlp')
+    return nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype, name='down',
+                    kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'mlp',
+                                                   'embed'))(hidden)
+
+
+class DecoderBlock(nn.Module):
+  num_heads: int
+  num_kv_heads: int
+  mlp_dim: int
+  rope_theta: float
+  attention: str
+  block_size: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids):
+    y = Attention(self.num_heads, self.num_kv_heads, self.rope_theta, self.attention,
+                  self.block_size, self.dtype, name='attn')(
+                      RMSNorm(dtype=self.dtype, name='norm_attn')(x), positions, segment_ids)
+    x = layers.constrain(x + y, 'batch', 'length', 'embed')
+    y = SwiGLU(self.mlp_dim, self.dtype, name='mlp')(RMSNorm(dtype=self.dtype,
+                                                             name='norm_mlp')(x))
+    return layers.constrain(x + y, 'batch', 'length', 'embed'), None
+
+
+@registry.register('model.world_model')
+class WorldModel(nn.Module):
+  """Causal LM over a shared vocabulary of text and video tokens: `[batch, length]` ids ->
+  fp32 logits `[batch, length, vocab]`."""
+
+  vocab_size: int = 32_000
+  width: int = 4096
+  depth: int = 32
+  num_heads: int = 32
+  num_kv_heads: int | None = None
+  mlp_dim: int = 11_008
+  rope_theta: float = 10_000.0
+  attention: str = 'dot_product'
+  block_size: int = 512
+  scan: bool = True
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(tokens)
+    embedding = self.param('token_embedding', layers.partitioned(
+        nn.initializers.normal(0.02), 'vocab', 'embed'), (self.vocab_size, self.width))
+    x = layers.constrain(jnp.take(embedding, tokens, axis=0).astype(self.dtype),
+                         'batch', 'length', 'embed')
+    block = DecoderBlock
+    if self.remat:
+      block = nn.remat(block, prevent_cse=not self.scan)
+    kwargs = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads or self.num_heads,
+                  mlp_dim=self.mlp_dim, rope_theta=self.rope_theta, attention=self.attention,
+                  block_size=self.block_size, dtype=self.dtype)
+    if self.scan:
+      stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = stack(name='blocks', **kwargs)(x, positions, segment_ids)
+    else:
+      for i in range(self.depth):
+        x, _ = block(name=f'block_{i}', **kwargs)(x, positions, segment_ids)
+    x = RMSNorm(dtype=self.dtype, name='norm_out')(x)
+    logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name='lm_head',
+                      kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed',
+                                                     'vocab'))(x)
+    return layers.constrain(logits.astype(jnp.float32), 'batch', 'length', 'vocab')
