@@ -71,11 +71,13 @@ def _import_builtins() -> None:
       'vidlang_jax.models.masked_video',
       'vidlang_jax.models.classifier',
       'vidlang_jax.models.world_model',
+      'vidlang_jax.models.video_tokenizer',
       'vidlang_jax.losses.contrastive',
       'vidlang_jax.evaluators.retrieval',
       'vidlang_jax.evaluators.linear_probe',
       'vidlang_jax.evaluators.reconstruction',
       'vidlang_jax.evaluators.classification',
+      'vidlang_jax.evaluators.tokenizer',
       'vidlang_jax.data.builders',
       'vidlang_jax.masking',
   ):

@@ -26,12 +26,13 @@ def psnr(mse: jax.Array) -> jax.Array:
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
 
 
-def image_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndarray) -> np.ndarray:
-  """`[examples, time, height, width, 3]` x 3 -> one uint8 image: per example three rows
-  (original / what the encoder saw / reconstruction), one column per frame, 1-pixel gaps."""
-  rows = np.stack([original, masked, recon], axis=1)  # [examples, 3, time, height, width, 3]
-  rows = np.pad(rows, ((0, 0), (0, 0), (0, 0), (0, 1), (0, 1), (0, 0)), constant_values=1.0)
-  grid = einops.rearrange(rows, 'e r t h w c -> (e r h) (t w) c')
+def image_grid(*rows: np.ndarray) -> np.ndarray:
+  """Clips `[examples, time, height, width, 3]` in [0, 1] -> one uint8 image: per example one
+  row per argument (e.g. original / what the encoder saw / reconstruction), one column per
+  frame, 1-pixel gaps."""
+  grid = np.stack(rows, axis=1)  # [examples, rows, time, height, width, 3]
+  grid = np.pad(grid, ((0, 0), (0, 0), (0, 0), (0, 1), (0, 1), (0, 0)), constant_values=1.0)
+  grid = einops.rearrange(grid, 'e r t h w c -> (e r h) (t w) c')
   return (np.clip(grid, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
