@@ -9,8 +9,8 @@
   vidlang train --config configs/finetune_classification.py:tiny --workdir runs/scratch_tiny
 
 Arguments (comma separated): `tiny` | `base`, `init=PATH` (a workdir or its
-checkpoints/<step>), `steps=N`. The encoder's architecture must match the checkpoint's: both
-come from `configs/two_tower.py` of the same size.
+checkpoints/<step>), `encoder=masked_video|two_tower` (whose config of the same size gives the
+encoder's architecture, which must match the checkpoint's), `steps=N`.
 """
 
 import os
@@ -20,15 +20,18 @@ import ml_collections
 from vidlang_jax.config import from_file, parse_arg
 
 
-def _two_tower_config(arg: str) -> ml_collections.ConfigDict:
-  return from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'two_tower.py'), arg)
+def _config(name: str, arg: str) -> ml_collections.ConfigDict:
+  return from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), arg)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, tiny=False, base=False, init='', steps=0)
-  c = _two_tower_config('tiny' if arg.tiny else 'base')
+  arg = parse_arg(arg, tiny=False, base=False, init='', encoder='masked_video', steps=0)
+  size = 'tiny' if arg.tiny else 'base'
+  c = _config('two_tower.py', size)
   c.objective = 'classification'
-  video = c.model.video
+  # The encoder's architecture is that of the run it loads from (`encoder=two_tower` for a
+  # two-tower or joint run; tiny MAE uses finer tubelets).
+  video = _config(f'{arg.encoder}.py', size).model.video
   c.model = ml_collections.ConfigDict(dict(
       name='video_classifier', video=video,
       num_classes=ml_collections.ConfigDict(dict(shape=6, motion=12)), head_dropout=0.0))

@@ -68,8 +68,10 @@ def test_encoder_flops_shrink_with_mask_ratio():
   config = mae_config()
   model = train.build_model(config)
   video = video_batch(batch=8)
-  mask = masking.tube_mask(jax.random.key(0), 8, (4, 4, 4), 0.9)
-  assert mask.keep_indices.shape[1] == 8  # 2 of 16 patches per frame, 4 time steps
+  grid = mv.token_grid(video.shape, tuple(config.model.video.tubelet))
+  mask = masking.tube_mask(jax.random.key(0), 8, grid, 0.9)
+  t, h, w = grid
+  assert mask.keep_indices.shape[1] == t * (h * w - round(0.9 * h * w))
   params = jax.jit(model.init)(jax.random.key(0), video, mask)
 
   def flops(fn, *args):
