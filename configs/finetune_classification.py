@@ -9,8 +9,9 @@
   vidlang train --config configs/finetune_classification.py:tiny --workdir runs/scratch_tiny
 
 Arguments (comma separated): `tiny` | `base`, `init=PATH` (a workdir or its
-checkpoints/<step>), `encoder=masked_video|two_tower` (whose config of the same size gives the
-encoder's architecture, which must match the checkpoint's), `steps=N`.
+checkpoints/<step>), `steps=N`. The encoder's architecture is the video tower of
+`configs/two_tower.py` (and so of `configs/masked_video.py`) of the same size; a checkpoint of
+another shape fails to load with both shapes named.
 """
 
 import os
@@ -25,13 +26,10 @@ def _config(name: str, arg: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, tiny=False, base=False, init='', encoder='masked_video', steps=0)
-  size = 'tiny' if arg.tiny else 'base'
-  c = _config('two_tower.py', size)
+  arg = parse_arg(arg, tiny=False, base=False, init='', steps=0)
+  c = _config('two_tower.py', 'tiny' if arg.tiny else 'base')
   c.objective = 'classification'
-  # The encoder's architecture is that of the run it loads from (`encoder=two_tower` for a
-  # two-tower or joint run; tiny MAE uses finer tubelets).
-  video = _config(f'{arg.encoder}.py', size).model.video
+  video = c.model.video
   c.model = ml_collections.ConfigDict(dict(
       name='video_classifier', video=video,
       num_classes=ml_collections.ConfigDict(dict(shape=6, motion=12)), head_dropout=0.0))

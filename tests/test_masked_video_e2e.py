@@ -61,8 +61,8 @@ def test_guided_joint_mae_then_finetune(tiny_data_dir, tmp_path):
   assert any(p.startswith('decoder/') for p in mae)
 
   # Fine-tuning loads only the encoder: with a zero learning rate it stays exactly the MAE's.
-  spec = f'configs/finetune_classification.py:tiny,init={mae_dir},encoder=two_tower'
-  config = small(config_lib.load(spec), tiny_data_dir)
+  config = small(config_lib.load(f'configs/finetune_classification.py:tiny,init={mae_dir}'),
+                 tiny_data_dir)
   config.optimizer.learning_rate = 0.0
   train.train_and_evaluate(config, finetune_dir)
   finetuned, _ = checkpoint_lib.read_params(finetune_dir)
