@@ -31,10 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals.tokenizer = ml_collections.ConfigDict(dict(type='tokenizer', split='test',
                                                      num_examples=1024, batch_size=256))
   if arg.tiny:
-    c.model.update(dict(channels=(64, 128), levels=(8, 5, 5, 5)))
+    c.model.update(dict(channels=(32, 64), levels=(8, 5, 5, 5)))
     c.data.image_size = 32
-    c.batch_size = 64
-    c.total_steps = arg.steps or 1000
+    c.batch_size = 32
+    c.total_steps = arg.steps or 400
     c.optimizer.update(dict(learning_rate=2e-3, warmup_steps=100))
     c.checkpoint_every = 500
     c.eval_every = 10_000
