@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from vidlang_jax.data import builders, tokenizer as tokenizer_lib, video as video_lib
+from vidlang_jax.data import builders, sequences, tokenizer as tokenizer_lib, video as video_lib
 from vidlang_jax.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,12 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, local_
 
 def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
                    seed: int) -> grain.DatasetIterator:
-  """An infinite, checkpointable iterator of this process's share of each global batch."""
+  """An infinite, checkpointable iterator of this process's share of each global batch.
+
+  `data.format='lm_sequences'` gives the world model's packed token rows instead of clips.
+  """
+  if data_config.get('format') == 'lm_sequences':
+    return sequences.train_iterator(data_config, global_batch_size=global_batch_size, seed=seed)
   if global_batch_size % jax.process_count():
     raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
                      f'{jax.process_count()} processes.')
@@ -280,6 +285,8 @@ def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size:
 def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
                mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes, dtypes and shardings of one global training batch, without reading any data."""
+  if data_config.get('format') == 'lm_sequences':
+    return sequences.batch_spec(data_config, global_batch_size, mesh)
   size, frames = data_config.image_size, data_config.num_frames
   shapes = {'video': ((global_batch_size, frames, size, size, 3), np.float32),
             'text': ((global_batch_size, data_config.max_text_len), np.int32)}

@@ -4,6 +4,9 @@ op or ring attention over the `sequence` mesh axis (`attention='dot_product' | '
 
 Packed rows carry `segment_ids` (0 = padding) and `positions` that restart at every document;
 RoPE and causality both follow `positions`, so the same model runs on any sequence layout.
+With `decode=True` every attention layer keeps a KV cache (flax's `cache` collection), sized by
+the first call (`init` on a `[batch, max_length]` input), then fed the prompt and one token at a
+time; see vidlang_jax/generate.py.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from vidlang_jax import registry
-from vidlang_jax.models import layers
+from vidlang_jax.losses.language_model import weighted_next_token_loss
+from vidlang_jax.models import Objective, layers
 from vidlang_jax.ops.attention import dot_product_attention
-from vidlang_jax.ops.ring_attention import ring_attention
+from vidlang_jax.ops.ring_attention import layout_permutation, ring_attention
 
 Dtype = Any
 
@@ -52,6 +57,7 @@ class Attention(nn.Module):
   rope_theta: float = 10_000.0
   attention: str = 'dot_product'
   block_size: int = 512
+  decode: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -64,7 +70,9 @@ class Attention(nn.Module):
     k = rope(proj(self.num_kv_heads, 'key')(x), positions, self.rope_theta)
     v = proj(self.num_kv_heads, 'value')(x)
     q = layers.constrain(q, 'batch', 'length', 'heads', 'kv')
-    if self.attention == 'ring':
+    if self.decode:
+      out = self.cached_attention(q, k, v)
+    elif self.attention == 'ring':
       out = ring_attention(q, k, v, mesh=jax.sharding.get_abstract_mesh(), causal=True,
                            segment_ids=segment_ids, positions=positions,
                            block_size=self.block_size)
@@ -75,6 +83,21 @@ class Attention(nn.Module):
                        f'{self.attention!r}.')
     return layers.DenseND((width,), ('heads', 'kv', 'embed'), contract=2, dtype=self.dtype,
                           name='out')(out)
+
+  def cached_attention(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Appends k, v `[batch, new, kv_heads, head_dim]` to the cache and attends causally over
+    everything cached so far (one batch of equal-length prompts; no segments)."""
+    initialized = self.has_variable('cache', 'cached_key')
+    cached_k = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
+    index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+    if not initialized:  # the sizing call: the cache is as long as this input
+      return dot_product_attention(q, k, v, causal=True)
+    start = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
+    index.value = start + q.shape[1]
+    return dot_product_attention(q, cached_k.value, cached_v.value, causal=True, q_offset=start)
 
 
 class SwiGLU(nn.Module):
@@ -100,12 +123,13 @@ class DecoderBlock(nn.Module):
   rope_theta: float
   attention: str
   block_size: int
+  decode: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, positions, segment_ids):
     y = Attention(self.num_heads, self.num_kv_heads, self.rope_theta, self.attention,
-                  self.block_size, self.dtype, name='attn')(
+                  self.block_size, self.decode, self.dtype, name='attn')(
                       RMSNorm(dtype=self.dtype, name='norm_attn')(x), positions, segment_ids)
     x = layers.constrain(x + y, 'batch', 'length', 'embed')
     y = SwiGLU(self.mlp_dim, self.dtype, name='mlp')(RMSNorm(dtype=self.dtype,
@@ -129,6 +153,7 @@ class WorldModel(nn.Module):
   block_size: int = 512
   scan: bool = True
   remat: bool = False
+  decode: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -147,9 +172,10 @@ class WorldModel(nn.Module):
       block = nn.remat(block, prevent_cse=not self.scan)
     kwargs = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads or self.num_heads,
                   mlp_dim=self.mlp_dim, rope_theta=self.rope_theta, attention=self.attention,
-                  block_size=self.block_size, dtype=self.dtype)
+                  block_size=self.block_size, decode=self.decode, dtype=self.dtype)
     if self.scan:
-      stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+      stack = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
+                      split_rngs={'params': True},
                       in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
                       metadata_params={nn.PARTITION_NAME: 'layers'})
       x, _ = stack(name='blocks', **kwargs)(x, positions, segment_ids)
@@ -161,3 +187,33 @@ class WorldModel(nn.Module):
                       kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed',
                                                      'vocab'))(x)
     return layers.constrain(logits.astype(jnp.float32), 'batch', 'length', 'vocab')
+
+
+LAYOUT_KEYS = ('inputs', 'targets', 'weights', 'modality', 'segment_ids', 'positions')
+
+
+@registry.register('objective.world_model')
+def world_model_objective(model: WorldModel, config: ml_collections.ConfigDict) -> Objective:
+  """Weighted next-token loss over packed rows (see data/sequences.py).
+
+  With ring attention the rows are permuted into the load-balanced zigzag layout first (the
+  loss is a sum over tokens, so the order does not change it; positions travel along).
+  """
+  layout = config.get('sequence_layout', 'zigzag')
+
+  def init(rng, batch):
+    del batch  # the params do not depend on the sequence length or layout
+    return model.clone(attention='dot_product').init(rng, jnp.zeros((1, 8), jnp.int32))['params']
+
+  def loss(params, batch, rng, train=True):
+    del rng, train
+    if model.attention == 'ring' and layout != 'contiguous':
+      shards = jax.sharding.get_abstract_mesh().shape['sequence']
+      perm = layout_permutation(batch['inputs'].shape[1], shards, layout)
+      batch = {k: jnp.take(batch[k], perm, axis=1) for k in LAYOUT_KEYS}
+    logits = model.apply({'params': params}, batch['inputs'], batch['positions'],
+                         batch['segment_ids'])
+    weights = batch['weights'] * (batch['segment_ids'] > 0)
+    return weighted_next_token_loss(logits, batch['targets'], weights, batch['modality'])
+
+  return Objective(init=init, loss=loss)

@@ -14,6 +14,7 @@ def dot_product_attention(
     causal: bool = False,
     segment_ids: jax.Array | None = None,
     kv_segment_ids: jax.Array | None = None,
+    q_offset: jax.Array | int = 0,
 ) -> jax.Array:
   """Softmax attention with fp32 logits and accumulation.
 
@@ -24,6 +25,8 @@ def dot_product_attention(
     segment_ids: `[batch, q_len]` int; tokens attend only within the same segment and
       segment 0 is padding (attends to nothing, is attended by nothing).
     kv_segment_ids: `[batch, kv_len]`; defaults to `segment_ids` (self-attention).
+    q_offset: with `causal`, query i sits at key position `q_offset + i` (decoding with a KV
+      cache, where the queries are the newest tokens); may be traced.
 
   Returns:
     `[batch, q_len, heads, head_dim]` in q's dtype. Fully masked rows return zeros.
@@ -45,7 +48,8 @@ def dot_product_attention(
   else:
     mask = jnp.ones((batch, 1, 1, q_len, kv_len), dtype=bool)
     if causal:
-      mask &= jnp.tril(jnp.ones((q_len, kv_len), dtype=bool))[None, None, None]
+      mask &= (jnp.arange(kv_len)[None, :] <= jnp.arange(q_len)[:, None] + q_offset)[None, None,
+                                                                                    None]
     if segment_ids is not None:
       kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
       same = segment_ids[:, :, None] == kv_segment_ids[:, None, :]

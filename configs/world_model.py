@@ -1,0 +1,113 @@
+"""Long-context world model (LWM-style): a LLaMA decoder on video tokens and captions, in both
+orders, packed into long rows, with needle-in-a-haystack documents mixed in; context grows in
+stages, each starting from the previous stage's checkpoint with a larger RoPE theta.
+
+  # 1. The video tokenizer (see configs/video_tokenizer.py), then the LM stages on 2 CPU cores:
+  vidlang train --config configs/video_tokenizer.py:tiny --workdir runs/tokenizer_tiny
+  vidlang train --config configs/world_model.py:tiny,stage=1,tokenizer=runs/tokenizer_tiny \
+      --workdir runs/lwm_tiny_1
+  vidlang train --config configs/world_model.py:tiny,stage=2,tokenizer=runs/tokenizer_tiny,\
+init=runs/lwm_tiny_1 --workdir runs/lwm_tiny_2
+  vidlang train --config configs/world_model.py:tiny,stage=3,tokenizer=runs/tokenizer_tiny,\
+init=runs/lwm_tiny_2 --workdir runs/lwm_tiny_3
+  vidlang generate --config configs/world_model.py:tiny,stage=3,tokenizer=runs/tokenizer_tiny \
+      --workdir runs/lwm_tiny_3 --prompt "a small red circle moves left"
+
+  # LWM-7B-sized on a pod slice: stages 32K -> 128K -> 256K -> 512K -> 1M tokens, ring
+  # attention over the `sequence` mesh axis (set it so that a device holds <= 32K tokens):
+  vidlang train --config configs/world_model.py:base,stage=5,tokenizer=gs://b/runs/tok,\
+init=gs://b/runs/lwm_4 --workdir gs://b/runs/lwm_5 --config.mesh.sequence=32 \
+      --config.mesh.fsdp=-1 --config.mesh.data=1
+
+Arguments (comma separated): `tiny` | `base`, `stage=K` (1-based), `tokenizer=PATH` (the video
+tokenizer run), `init=PATH` (the previous stage's run; stage 1 starts from scratch),
+`steps=N`, `attention=dot_product|ring` (default: ring for base, dot_product for tiny).
+"""
+
+import os
+
+import ml_collections
+
+from vidlang_jax.config import ConfigError, from_file, parse_arg
+from vidlang_jax.data.sequences import SPECIALS
+
+# Context length and RoPE theta per stage (theta grows with the context, as in LWM).
+TINY_STAGES = ((1024, 10_000.0), (4096, 40_000.0), (8192, 80_000.0))
+BASE_STAGES = ((32_768, 1e6), (131_072, 1e7), (262_144, 1e7), (524_288, 2.5e7),
+               (1_048_576, 5e7))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, tiny=False, base=False, stage=1, tokenizer='', init='', steps=0,
+                  attention='')
+  stages = TINY_STAGES if arg.tiny else BASE_STAGES
+  if not 1 <= arg.stage <= len(stages):
+    raise ConfigError(f'stage={arg.stage}: this config has stages 1..{len(stages)}.')
+  length, theta = stages[arg.stage - 1]
+  c = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'two_tower.py'),
+                'tiny' if arg.tiny else 'base')
+  c.objective = 'world_model'
+  c.loss = ml_collections.ConfigDict()
+  c.sequence_layout = 'zigzag'  # with ring attention: load-balanced causal work
+  c.init_from.path = arg.init
+  if arg.stage > 1 and not arg.init:
+    raise ConfigError(f'stage={arg.stage} continues a run: pass init=<the stage '
+                      f'{arg.stage - 1} workdir>.')
+
+  c.data.format = 'lm_sequences'
+  c.data.video_tokenizer = arg.tokenizer or 'runs/tokenizer_tiny'
+  c.data.num_codes = 64_000  # the base tokenizer's FSQ levels (8, 8, 8, 5, 5, 5)
+  c.data.sequence_length = length
+  c.data.label_keys = ()
+  c.data.lm = ml_collections.ConfigDict(dict(
+      frame_stride=1,             # use every `frame_stride`-th cached frame
+      video_text_fraction=0.5,    # captioning documents; the rest are text -> video
+      text_weight=1.0, video_weight=1.0,
+      condition_weight=0.0,       # loss on the conditioning part (first half of a document)
+      needle_fraction=0.02,       # needle-in-a-haystack documents among all documents
+      needle_min_length=256, needle_max_length=0,  # 0: up to the stage's sequence length
+      needle_value_len=2, needle_weight=1.0,
+      packing_bins=16, max_train_clips=0))  # 0: the whole train split
+
+  c.model = ml_collections.ConfigDict(dict(
+      name='world_model', vocab_size=0, width=4096, depth=32, num_heads=32, num_kv_heads=8,
+      mlp_dim=11_008, rope_theta=theta, attention=arg.attention or 'ring', block_size=2048,
+      scan=True, remat=True, dtype='bfloat16'))
+  c.batch_size = max(1, 4 * 1024 * 1024 // length)  # ~4M tokens per step
+  c.total_steps = arg.steps or 10_000
+  c.optimizer.update(dict(learning_rate=4e-4 if arg.stage == 1 else 4e-5, warmup_steps=500,
+                          weight_decay=0.0, weight_decay_rules=r'.*kernel'))
+  c.evals = ml_collections.ConfigDict()
+  c.evals.perplexity = ml_collections.ConfigDict(dict(type='lm_perplexity', split='test',
+                                                      num_examples=500, batch_size=32))
+  c.evals.captioning = ml_collections.ConfigDict(dict(type='captioning', split='test',
+                                                      num_examples=1000, batch_size=64))
+  trained = [n for n, _ in stages[:arg.stage]]
+  c.evals.needle = ml_collections.ConfigDict(dict(
+      type='needle', split='test', lengths=trained, depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+      samples=4, seed=0))
+  c.evals.text_to_video = ml_collections.ConfigDict(dict(
+      type='text_to_video', split='test', num_samples=8, temperature=1.0, top_k=50))
+
+  if arg.tiny:
+    c.data.num_codes = 1000  # levels (8, 5, 5, 5)
+    c.data.lm.frame_stride = 2  # 4 of the 8 cached frames: 4 x 8 x 8 codes per clip
+    c.data.lm.update(dict(video_text_fraction=0.7, needle_fraction=0.2, needle_min_length=64))
+    c.data.lm.packing_bins = 8
+    c.data.lm.max_train_clips = 8000
+    c.model.update(dict(width=128, depth=4, num_heads=4, num_kv_heads=2, mlp_dim=384,
+                        attention=arg.attention or 'dot_product', block_size=512, scan=False,
+                        remat=False, dtype='float32'))
+    c.batch_size = max(1, 8192 // length)  # 8K tokens per step
+    c.total_steps = arg.steps or (600, 60, 30)[arg.stage - 1]
+    c.optimizer.update(dict(learning_rate=3e-3 if arg.stage == 1 else 1e-3,
+                            warmup_steps=(60, 10, 5)[arg.stage - 1]))
+    c.log_every = 10
+    c.eval_every = 100_000
+    c.checkpoint_every = 200
+    c.evals.perplexity.update(dict(num_examples=200, batch_size=50))
+    c.evals.captioning.update(dict(num_examples=300, batch_size=64))
+    c.evals.needle.update(dict(samples=2))
+    c.evals.text_to_video.update(dict(num_samples=4))
+  c.model.vocab_size = c.data.vocab_size + c.data.num_codes + len(SPECIALS)
+  return c

@@ -1,0 +1,258 @@
+"""Token sequences for the world model: (video tokens, caption) -> documents -> packed rows.
+
+A document is a clip in one of two orders, as in LWM:
+  captioning  (video -> text): <vision> f1 <eof> f2 <eof> ... fT <eov> </vision> [BOS] caption [EOS]
+  generation  (text -> video): [BOS] caption [EOS] <vision> f1 <eof> ... fT <eov> </vision>
+or a needle-in-a-haystack document: captions as filler, `<fact> v1 v2` hidden at some depth and
+`<fact>` again at the end, where the model must answer `v1 v2`.
+
+Every document becomes next-token pairs (`inputs`, `targets`) with per-target `weights` (the
+modality's loss weight; 0 on the conditioning part unless configured) and `modality` (0 text,
+1 video), then grain's first-fit packing fills fixed-length rows, adding `segment_ids` (0 is
+padding, which therefore carries no loss) and `positions` that restart in every document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from vidlang_jax.data import tokenizer as tokenizer_lib
+
+TEXT, VIDEO = 0, 1
+SPECIALS = ('vision_start', 'vision_end', 'end_of_frame', 'end_of_video', 'fact')
+ORDERS = ('video_text', 'text_video')
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+  """One id space: text ids [0, text_size), video codes next, then the structural tokens."""
+
+  text_size: int
+  num_codes: int
+
+  @property
+  def video_offset(self) -> int:
+    return self.text_size
+
+  def special(self, name: str) -> int:
+    return self.text_size + self.num_codes + SPECIALS.index(name)
+
+  @property
+  def size(self) -> int:
+    return self.text_size + self.num_codes + len(SPECIALS)
+
+  def is_video(self, ids: np.ndarray) -> np.ndarray:
+    return (ids >= self.video_offset) & (ids < self.video_offset + self.num_codes)
+
+
+def vocabulary(data_config: ml_collections.ConfigDict) -> Vocabulary:
+  return Vocabulary(text_size=data_config.vocab_size, num_codes=data_config.num_codes)
+
+
+def video_part(vocab: Vocabulary, video_tokens: np.ndarray) -> np.ndarray:
+  """`[time, h, w]` codes -> <vision> frame <eof> ... frame <eov> </vision> (1D ids)."""
+  frames = video_tokens.reshape(video_tokens.shape[0], -1) + vocab.video_offset
+  ends = np.full((frames.shape[0], 1), vocab.special('end_of_frame'))
+  ends[-1] = vocab.special('end_of_video')
+  return np.concatenate([[vocab.special('vision_start')],
+                         np.concatenate([frames, ends], axis=1).reshape(-1),
+                         [vocab.special('vision_end')]]).astype(np.int32)
+
+
+def frame_layout(vocab: Vocabulary, num_frames: int, tokens_per_frame: int) -> np.ndarray:
+  """The video part's structure as ids, with -1 where a code goes (constrained generation)."""
+  return video_part(vocab, np.full((num_frames, tokens_per_frame), -1 - vocab.video_offset))
+
+
+def caption_ids(tokenizer, caption: str) -> np.ndarray:
+  """[BOS] caption [EOS], unpadded."""
+  return np.asarray([tokenizer_lib.BOS_ID, *tokenizer.encode(caption, add_special_tokens=False).ids,
+                     tokenizer_lib.EOS_ID], np.int32)
+
+
+def next_token_pairs(parts: Sequence[tuple[np.ndarray, int, float]]) -> dict[str, np.ndarray]:
+  """Concatenated (ids, modality, weight) parts -> {'inputs', 'targets', 'weights', 'modality'}
+  of length n - 1; each target carries the weight and modality of the part it belongs to."""
+  ids = np.concatenate([p[0] for p in parts]).astype(np.int32)
+  modality = np.concatenate([np.full(len(p[0]), p[1], np.int32) for p in parts])
+  weights = np.concatenate([np.full(len(p[0]), p[2], np.float32) for p in parts])
+  return {'inputs': ids[:-1], 'targets': ids[1:], 'weights': weights[1:],
+          'modality': modality[1:]}
+
+
+def clip_document(vocab: Vocabulary, video_tokens: np.ndarray, text: np.ndarray, order: str,
+                  *, text_weight: float = 1.0, video_weight: float = 1.0,
+                  condition_weight: float = 0.0) -> dict[str, np.ndarray]:
+  """A clip in `order` ('video_text' = captioning, 'text_video' = generation); the first part
+  is the condition and its tokens are weighted by `condition_weight` x their modality's."""
+  video = (video_part(vocab, video_tokens), VIDEO, video_weight)
+  caption = (text, TEXT, text_weight)
+  if order == 'video_text':
+    first, second = video, caption
+  elif order == 'text_video':
+    first, second = caption, video
+  else:
+    raise ValueError(f'order must be one of {ORDERS}, got {order!r}.')
+  return next_token_pairs([(first[0], first[1], first[2] * condition_weight), second])
+
+
+def needle_document(vocab: Vocabulary, filler: Sequence[np.ndarray], length: int, depth: float,
+                    value: np.ndarray, *, weight: float = 1.0) -> dict[str, np.ndarray]:
+  """A haystack of `length` tokens: filler text with `<fact> value` at `depth` (0 = start,
+  1 = end of the filler), closed by `<fact> value`; only the final `value` carries loss.
+
+  `filler` is a sequence of tokenized captions, used in order and cycled.
+  """
+  fact = vocab.special('fact')
+  needle = np.concatenate([[fact], value]).astype(np.int32)
+  filler_len = length - 2 * len(needle)
+  if filler_len < 1:
+    raise ValueError(f'A needle document of {length} tokens has no room for filler.')
+  pieces, total = [], 0
+  for i in range(filler_len):  # enough captions, cycled
+    piece = filler[i % len(filler)]
+    pieces.append(piece)
+    total += len(piece)
+    if total >= filler_len:
+      break
+  haystack = np.concatenate(pieces)[:filler_len]
+  at = int(round(depth * filler_len))
+  before = np.concatenate([haystack[:at], needle, haystack[at:], [fact]]).astype(np.int32)
+  return next_token_pairs([(before, TEXT, 0.0), (value.astype(np.int32), TEXT, weight)])
+
+
+@dataclasses.dataclass
+class MakeDocument(grain.transforms.RandomMap):
+  """A cached clip -> one document: a needle document with probability `needle_fraction`,
+  else the clip in a random order (`video_text_fraction` of them captioning)."""
+
+  vocab: Vocabulary
+  tokenizer_path: str
+  captions: Sequence[str]
+  frame_stride: int = 1
+  video_text_fraction: float = 0.5
+  text_weight: float = 1.0
+  video_weight: float = 1.0
+  condition_weight: float = 0.0
+  needle_fraction: float = 0.0
+  needle_lengths: tuple[int, int] = (256, 2048)
+  needle_value_len: int = 2
+  needle_weight: float = 1.0
+
+  @functools.cached_property
+  def tokenizer(self):
+    return tokenizer_lib.load_tokenizer(self.tokenizer_path)
+
+  @functools.cached_property
+  def text_vocab_size(self) -> int:
+    return self.tokenizer.get_vocab_size()
+
+  def caption(self, index: int) -> np.ndarray:
+    return caption_ids(self.tokenizer, self.captions[index])
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    if rng.random() < self.needle_fraction:
+      # Log-uniform: short haystacks teach retrieval cheaply, long ones keep it working at
+      # every length up to the row's.
+      low, high = np.log(self.needle_lengths[0]), np.log(self.needle_lengths[1])
+      length = int(np.exp(rng.uniform(low, high)))
+      starts = rng.integers(len(self.captions), size=length // 8 + 1)
+      return needle_document(
+          self.vocab, [self.caption(int(i)) for i in starts], length, float(rng.random()),
+          needle_value(rng, self.text_vocab_size, self.needle_value_len),
+          weight=self.needle_weight)
+    order = 'video_text' if rng.random() < self.video_text_fraction else 'text_video'
+    return clip_document(self.vocab, element['video_tokens'][::self.frame_stride],
+                         caption_ids(self.tokenizer, element['caption']), order,
+                         text_weight=self.text_weight, video_weight=self.video_weight,
+                         condition_weight=self.condition_weight)
+
+
+def needle_value(rng: np.random.Generator, text_vocab_size: int, length: int) -> np.ndarray:
+  """Random text ids, never the special ones (PAD, UNK, BOS, EOS)."""
+  first = len(tokenizer_lib.SPECIAL_TOKENS)
+  return rng.integers(first, text_vocab_size, size=length).astype(np.int32)
+
+
+DOCUMENT_KEYS = ('inputs', 'targets', 'weights', 'modality')
+
+
+def _to_row(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """grain's packed features -> the model's batch keys (one set of segment ids / positions)."""
+  row = {k: packed[k] for k in DOCUMENT_KEYS}
+  row['segment_ids'] = packed['inputs_segment_ids'].astype(np.int32)
+  row['positions'] = packed['inputs_positions'].astype(np.int32)
+  return row
+
+
+def _check_fits(element: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+  if len(element['inputs']) > length:
+    raise ValueError(f'A document of {len(element["inputs"])} tokens does not fit in '
+                     f'data.sequence_length={length}; raise it or use fewer frames.')
+  return element
+
+
+def packed_dataset(documents: grain.IterDataset, sequence_length: int, *, num_bins: int,
+                   seed: int) -> grain.IterDataset:
+  """Documents -> rows of exactly `sequence_length` tokens (first-fit packing)."""
+  documents = documents.map(functools.partial(_check_fits, length=sequence_length))
+  packed = grain.experimental.FirstFitPackIterDataset(
+      documents, length_struct={k: sequence_length for k in DOCUMENT_KEYS},
+      num_packing_bins=num_bins, seed=seed, shuffle_bins=True)
+  return packed.map(_to_row)
+
+
+def make_document_transform(data_config: ml_collections.ConfigDict, tokenizer_file: str,
+                            captions: Sequence[str]) -> MakeDocument:
+  lm = data_config.lm
+  return MakeDocument(
+      vocab=vocabulary(data_config), tokenizer_path=tokenizer_file, captions=captions,
+      frame_stride=lm.frame_stride, video_text_fraction=lm.video_text_fraction,
+      text_weight=lm.text_weight, video_weight=lm.video_weight,
+      condition_weight=lm.condition_weight, needle_fraction=lm.needle_fraction,
+      needle_lengths=(lm.needle_min_length, min(lm.needle_max_length or
+                                                data_config.sequence_length,
+                                                data_config.sequence_length)),
+      needle_value_len=lm.needle_value_len, needle_weight=lm.needle_weight)
+
+
+def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                   seed: int) -> grain.DatasetIterator:
+  """Infinite, checkpointable iterator of packed rows for this process."""
+  from vidlang_jax.data import pipeline, video_tokens
+
+  if global_batch_size % jax.process_count():
+    raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
+                     f'{jax.process_count()} processes.')
+  tokenizer_file = pipeline.tokenizer_path(data_config)
+  cache = video_tokens.token_cache(data_config, data_config.train_split,
+                                   data_config.lm.max_train_clips or None)
+  ds = grain.MapDataset.source(cache)[jax.process_index()::jax.process_count()]
+  ds = ds.shuffle(seed=seed).repeat()
+  ds = ds.random_map(make_document_transform(data_config, tokenizer_file, cache.captions),
+                     seed=seed + 1)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
+                                            prefetch_buffer_size=data_config.prefetch))
+  ds = packed_dataset(ds, data_config.sequence_length, num_bins=data_config.lm.packing_bins,
+                      seed=seed + 2)
+  ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
+  ds = ds.map(lambda batch: dict(batch, num_skipped=np.zeros((len(batch['inputs']),), np.int32)))
+  return iter(ds)
+
+
+def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
+               mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  from vidlang_jax.sharding import batch_sharding
+
+  shape = (global_batch_size, data_config.sequence_length)
+  dtypes = dict(inputs=np.int32, targets=np.int32, weights=np.float32, modality=np.int32,
+                segment_ids=np.int32, positions=np.int32)
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, 2))
+          for k, dtype in dtypes.items()}

@@ -1,0 +1,107 @@
+"""Sampling from the world model: prefill the prompt into a KV cache, then one jit-compiled
+`fori_loop` that feeds back one token at a time (greedy, or temperature + top-k).
+
+`allowed` masks constrain each generated position to a set of ids: text -> video generation
+forces the frame structure (<eof> after every frame) and lets the model pick only video codes
+in between, so every sample decodes to frames.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vidlang_jax.data import sequences
+
+
+def sample_token(logits: jax.Array, rng: jax.Array, temperature: float, top_k: int,
+                 allowed: jax.Array | None = None) -> jax.Array:
+  """`[batch, vocab]` logits -> `[batch]` ids; temperature 0 is greedy."""
+  logits = logits.astype(jnp.float32)
+  if allowed is not None:
+    logits = jnp.where(allowed, logits, -jnp.inf)
+  if temperature <= 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+class Generator:
+  """`generator(params, prompt, num_new, rng, allowed=None)` -> `[batch, num_new]` ids.
+
+  Prompts in one call share a length (pad-free batches); each shape compiles once.
+  """
+
+  def __init__(self, model, *, temperature: float = 0.0, top_k: int = 0):
+    self.decoder = model.clone(decode=True, attention='dot_product', remat=False)
+    self.temperature, self.top_k = temperature, top_k
+    self._run = jax.jit(self._generate, static_argnums=(2,))
+
+  def _empty_cache(self, batch: int, length: int):
+    shapes = jax.eval_shape(lambda: self.decoder.init(
+        jax.random.key(0), jnp.zeros((batch, length), jnp.int32)))['cache']
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def _generate(self, params, prompt, num_new, rng, allowed):
+    batch, prompt_len = prompt.shape
+    cache = self._empty_cache(batch, prompt_len + num_new)
+    positions = jnp.broadcast_to(jnp.arange(prompt_len), prompt.shape)
+    logits, state = self.decoder.apply({'params': params, 'cache': cache}, prompt, positions,
+                                       mutable=['cache'])
+    pick = lambda logits, i, rng: sample_token(
+        logits, jax.random.fold_in(rng, i), self.temperature, self.top_k,
+        None if allowed is None else allowed[i])
+    out = jnp.zeros((batch, num_new), jnp.int32).at[:, 0].set(pick(logits[:, -1], 0, rng))
+
+    def step(i, carry):
+      cache, out = carry
+      token = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)  # [batch, 1]
+      position = jnp.full((batch, 1), prompt_len + i - 1)
+      logits, state = self.decoder.apply({'params': params, 'cache': cache}, token, position,
+                                         mutable=['cache'])
+      return state['cache'], out.at[:, i].set(pick(logits[:, -1], i, rng))
+
+    _, out = jax.lax.fori_loop(1, num_new, step, (state['cache'], out))
+    return out
+
+  def __call__(self, params, prompt: np.ndarray, num_new: int, rng: jax.Array | None = None,
+               allowed: np.ndarray | None = None) -> np.ndarray:
+    rng = jax.random.key(0) if rng is None else rng
+    prompt = jnp.asarray(prompt, jnp.int32)
+    if allowed is not None and allowed.shape[0] != num_new:
+      raise ValueError(f'allowed has {allowed.shape[0]} rows for {num_new} new tokens.')
+    return np.asarray(self._run(params, prompt, num_new, rng,
+                                None if allowed is None else jnp.asarray(allowed)))
+
+
+def video_constraints(vocab: sequences.Vocabulary, num_frames: int,
+                      tokens_per_frame: int) -> np.ndarray:
+  """`[n, vocab]` masks for generating a whole video part after its <vision> token: codes
+  where the layout has a code, the structural token where it has one."""
+  layout = sequences.frame_layout(vocab, num_frames, tokens_per_frame)[1:]  # after <vision>
+  allowed = np.zeros((len(layout), vocab.size), bool)
+  for i, token in enumerate(layout):
+    if token < 0:
+      allowed[i, vocab.video_offset:vocab.video_offset + vocab.num_codes] = True
+    else:
+      allowed[i, token] = True
+  return allowed
+
+
+def text_constraints(vocab: sequences.Vocabulary, length: int) -> np.ndarray:
+  """`[length, vocab]`: only text ids (a caption never contains video or structural ids)."""
+  allowed = np.zeros((length, vocab.size), bool)
+  allowed[:, :vocab.text_size] = True
+  return allowed
+
+
+def text_until_eos(ids: np.ndarray) -> list[int]:
+  """Generated ids up to (not including) the first EOS."""
+  from vidlang_jax.data.tokenizer import EOS_ID
+
+  ids = list(int(i) for i in ids)
+  return ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
