@@ -21,7 +21,9 @@ init=gs://b/runs/lwm_4 --workdir gs://b/runs/lwm_5 --config.mesh.sequence=32 \
 
 Arguments (comma separated): `tiny` | `base`, `stage=K` (1-based), `tokenizer=PATH` (the video
 tokenizer run), `init=PATH` (the previous stage's run; stage 1 starts from scratch),
-`steps=N`, `attention=dot_product|ring` (default: ring for base, dot_product for tiny).
+`steps=N`, `attention=dot_product|ring` (default ring: on one device, as in `tiny`, it is a
+blockwise attention that skips future tiles and tiles of different packed documents, 3x faster
+than plain attention on 1K rows and 9x on 4K, see benchmarks/world_model_step.py).
 """
 
 import os
@@ -96,10 +98,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.lm.packing_bins = 8
     c.data.lm.max_train_clips = 8000
     c.model.update(dict(width=128, depth=4, num_heads=4, num_kv_heads=2, mlp_dim=384,
-                        attention=arg.attention or 'dot_product', block_size=512, scan=False,
+                        attention=arg.attention or 'ring', block_size=128, scan=False,
                         remat=False, dtype='float32'))
     c.batch_size = max(1, 8192 // length)  # 8K tokens per step
-    c.total_steps = arg.steps or (600, 60, 30)[arg.stage - 1]
+    c.total_steps = arg.steps or (350, 40, 30)[arg.stage - 1]
     c.optimizer.update(dict(learning_rate=3e-3 if arg.stage == 1 else 1e-3,
                             warmup_steps=(60, 10, 5)[arg.stage - 1]))
     c.log_every = 10

@@ -51,23 +51,26 @@ def compare(mesh, *, length, causal, layout, heads=4, kv_heads=2, head_dim=16, b
   return out, grads, ref_out, ref_grads
 
 
+def assert_matches_reference(out, grads, ref_out, ref_grads, atol=2e-5):
+  """The ring's output and its gradients w.r.t. q, k and v equal the reference's."""
+  np.testing.assert_allclose(out, ref_out, atol=atol)
+  for grad, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(grad, ref, atol=atol)
+
+
 @pytest.mark.parametrize('causal', [False, True])
 @pytest.mark.parametrize('layout', ['contiguous', 'zigzag'])
 def test_ring_equals_reference(causal, layout):
   mesh = sharding.make_mesh(dict(data=1, sequence=8))
-  out, grads, ref_out, ref_grads = compare(mesh, length=512, causal=causal, layout=layout)
-  np.testing.assert_allclose(out, ref_out, atol=2e-5)
-  for grad, ref in zip(grads, ref_grads):
-    np.testing.assert_allclose(grad, ref, atol=2e-5)
+  results = compare(mesh, length=512, causal=causal, layout=layout)
+  assert_matches_reference(*results)
 
 
 def test_ring_with_batch_sharding_and_unpacked():
   mesh = sharding.make_mesh(dict(data=2, sequence=4))
-  out, grads, ref_out, ref_grads = compare(mesh, length=256, causal=True, layout='zigzag',
-                                           heads=2, kv_heads=2, packed=False, block_size=32)
-  np.testing.assert_allclose(out, ref_out, atol=2e-5)
-  for grad, ref in zip(grads, ref_grads):
-    np.testing.assert_allclose(grad, ref, atol=2e-5)
+  results = compare(mesh, length=256, causal=True, layout='zigzag',
+                    heads=2, kv_heads=2, packed=False, block_size=32)
+  assert_matches_reference(*results)
 
 
 def test_ring_bf16_accumulates_in_fp32():
@@ -83,11 +86,9 @@ def test_ring_bf16_accumulates_in_fp32():
 @pytest.mark.parametrize('layout', ['contiguous', 'zigzag'])
 def test_ring_equals_reference_8k(causal, layout):
   mesh = sharding.make_mesh(dict(data=1, sequence=8))
-  out, grads, ref_out, ref_grads = compare(mesh, length=8192, causal=causal, layout=layout,
-                                           heads=2, kv_heads=1, batch=1, block_size=256)
-  np.testing.assert_allclose(out, ref_out, atol=2e-5)
-  for grad, ref in zip(grads, ref_grads):
-    np.testing.assert_allclose(grad, ref, atol=2e-5)
+  results = compare(mesh, length=8192, causal=causal, layout=layout,
+                    heads=2, kv_heads=1, batch=1, block_size=256)
+  assert_matches_reference(*results)
 
 
 def test_zigzag_balances_causal_work():

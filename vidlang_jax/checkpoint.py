@@ -96,9 +96,9 @@ def _resolve_checkpoint(path: str) -> tuple[str, int]:
   return path, steps[-1]
 
 
-def read_params(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[str, Any], str]:
-  """The params of a run's checkpoint as {'a/b/kernel': array} (replicated over `mesh`, else
-  on one device), and a name for it ('<dir>/<step>') for messages."""
+def read_params_tree(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, str]:
+  """The params tree of a run's checkpoint (a workdir, its checkpoints/ or one step),
+  replicated over `mesh`, else on one device, and a name for it ('<dir>/<step>')."""
   directory, step = _resolve_checkpoint(path)
   manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'config'),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
@@ -109,9 +109,14 @@ def read_params(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[
                           metadata)
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   manager.close()
-  params = state['state']['params']
+  return state['state']['params'], f'{directory}/{step}'
+
+
+def read_params(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[str, Any], str]:
+  """Like `read_params_tree`, flattened to {'a/b/kernel': array} (for regex partial loads)."""
+  params, name = read_params_tree(path, mesh)
   return ({p: leaf for p, leaf in zip(jax.tree.leaves(tree_paths(params)),
-                                       jax.tree.leaves(params))}, f'{directory}/{step}')
+                                       jax.tree.leaves(params))}, name)
 
 
 def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('(.*)', r'\1'),),

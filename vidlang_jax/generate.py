@@ -105,3 +105,63 @@ def text_until_eos(ids: np.ndarray) -> list[int]:
 
   ids = list(int(i) for i in ids)
   return ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
+
+
+class WorldModelSession:
+  """A world model with its video and caption tokenizers, for both directions:
+  captions from clips (greedy) and clips from captions (sampled), given the LM's params."""
+
+  def __init__(self, model, data_config, *, temperature: float = 1.0, top_k: int = 0):
+    from vidlang_jax.data import pipeline, tokenizer as tokenizer_lib, video_tokens
+
+    self.data_config = data_config
+    self.vocab = sequences.vocabulary(data_config)
+    self.text_tokenizer = tokenizer_lib.load_tokenizer(pipeline.tokenizer_path(data_config))
+    self.video_tokenizer, self.video_tokenizer_params, _, _ = video_tokens.load_tokenizer_run(
+        data_config.video_tokenizer)
+    self.greedy = Generator(model)
+    self.sampler = Generator(model, temperature=temperature, top_k=top_k)
+    self.stride = data_config.lm.frame_stride
+    self.num_frames = len(range(0, data_config.num_frames, self.stride))
+    self.grid = data_config.image_size // 2 ** len(self.video_tokenizer.channels)
+
+  def tokenize_mp4(self, mp4: bytes, name: str = 'video') -> np.ndarray:
+    """mp4 bytes -> codes `[time, h, w]` (frames sampled and cropped as in evaluation)."""
+    from vidlang_jax.data import pipeline
+
+    decode = pipeline.DecodeVideo(self.data_config.num_frames, self.data_config.image_size,
+                                  train=False)
+    out = decode.random_map({'video': mp4, 'video_id': name}, np.random.default_rng(0))
+    if out.get('_skipped'):
+      raise ValueError(f'Could not decode {name} as a video (see the warning above).')
+    return np.asarray(self.video_tokenizer.apply(
+        {'params': self.video_tokenizer_params}, jnp.asarray(out['video'][None]),
+        method='tokenize'))[0]
+
+  def captions(self, params, clip_tokens: np.ndarray) -> list[str]:
+    """Greedy captions of `[batch, time, h, w]` cached codes (all frames; the stride is
+    applied here)."""
+    from vidlang_jax.data.tokenizer import BOS_ID
+
+    prompts = np.stack([np.concatenate([sequences.video_part(self.vocab, t[::self.stride]),
+                                        [BOS_ID]]) for t in clip_tokens])
+    length = self.data_config.max_text_len
+    ids = self.greedy(params, prompts, length, allowed=text_constraints(self.vocab, length))
+    return [self.text_tokenizer.decode(text_until_eos(row)) for row in ids]
+
+  def video_codes(self, params, caption: str, rng: jax.Array) -> np.ndarray:
+    """Sampled codes `[time, h, w]` of a clip for `caption`."""
+    allowed = video_constraints(self.vocab, self.num_frames, self.grid * self.grid)
+    prompt = np.concatenate([sequences.caption_ids(self.text_tokenizer, caption),
+                             [self.vocab.special('vision_start')]])[None]
+    ids = self.sampler(params, prompt, len(allowed), rng, allowed)[0]
+    return (ids[self.vocab.is_video(ids)] - self.vocab.video_offset).reshape(
+        self.num_frames, self.grid, self.grid)
+
+  def frames(self, codes: np.ndarray) -> np.ndarray:
+    """Codes `[batch, time, h, w]` -> frames `[batch, time, size, size, 3]` in [0, 1]."""
+    from vidlang_jax.models.masked_video import pixels_01
+
+    recon = self.video_tokenizer.apply({'params': self.video_tokenizer_params},
+                                       jnp.asarray(codes), method='detokenize')
+    return np.clip(np.asarray(pixels_01(recon)), 0.0, 1.0)

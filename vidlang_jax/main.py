@@ -1,7 +1,9 @@
-"""`vidlang` command line: train | eval | data.
+"""`vidlang` command line: train | eval | generate | data.
 
   vidlang train --config configs/two_tower.py:tiny --workdir runs/demo [--config.key=value ...]
   vidlang eval  --config configs/two_tower.py:tiny --workdir runs/demo
+  vidlang generate --config configs/world_model.py:tiny,... --workdir runs/lwm \
+      (--prompt "a big red star moves left" [--num_samples 4] | --video clip.mp4)
   vidlang data  moving_shapes [--data_dir DIR]
 
 Configs are ml_collections config files; overrides use the same `--config.a.b=value` syntax.
@@ -18,11 +20,17 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-COMMANDS = ('train', 'eval', 'data')
+COMMANDS = ('train', 'eval', 'generate', 'data')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py:arg`.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, evals).')
+_PROMPT = flags.DEFINE_string('prompt', None, 'generate: a caption to turn into video.')
+_VIDEO = flags.DEFINE_string('video', None, 'generate: an mp4 file to caption.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 4, 'generate: videos sampled per prompt.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'generate: sampling temperature '
+                                  '(0 = greedy) for text -> video.')
+_TOP_K = flags.DEFINE_integer('top_k', 50, 'generate: sample among the k likeliest codes.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Dataset directory (default $VIDLANG_DATA_DIR).')
 
 
@@ -90,7 +98,9 @@ def main(argv: list[str]) -> None:
   config = _validated_config()
   from vidlang_jax import train
 
-  if command == 'train':
+  if command == 'generate':
+    generate(config, _WORKDIR.value)
+  elif command == 'train':
     train.train_and_evaluate(config, _WORKDIR.value)
     path = os.path.join(_WORKDIR.value, 'eval', f'{config.total_steps}.json')
     if os.path.exists(path):  # The final evaluation (also when the run had already finished).
@@ -99,6 +109,47 @@ def main(argv: list[str]) -> None:
   else:
     results = train.evaluate(config, _WORKDIR.value)
     print_results(results, os.path.join(_WORKDIR.value, 'eval', f'{results["step"]}.json'))
+
+
+def generate(config, workdir: str) -> None:
+  """World model, both directions: caption an mp4 (`--video`) or sample clips for a caption
+  (`--prompt`), saved as mp4 and a PNG strip under `workdir/generate/`."""
+  import jax
+  import numpy as np
+  from PIL import Image
+
+  from vidlang_jax import checkpoint, generate as generate_lib, registry
+  from vidlang_jax.data import video as video_lib
+  from vidlang_jax.evaluators.reconstruction import image_grid
+
+  if config.objective != 'world_model':
+    sys.exit(f'error: generate needs a world_model config, got objective={config.objective!r}.')
+  if bool(_PROMPT.value) == bool(_VIDEO.value):
+    sys.exit('error: generate needs exactly one of --prompt "caption" or --video file.mp4.')
+  model = registry.lookup(config.model.name, kind='model')(
+      **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
+  params, name = checkpoint.read_params_tree(workdir)
+  session = generate_lib.WorldModelSession(model, config.data, temperature=_TEMPERATURE.value,
+                                           top_k=_TOP_K.value)
+  if _VIDEO.value:
+    if not os.path.exists(_VIDEO.value):
+      sys.exit(f'error: --video {_VIDEO.value!r} does not exist.')
+    with open(_VIDEO.value, 'rb') as f:
+      tokens = session.tokenize_mp4(f.read(), _VIDEO.value)
+    print(f'{_VIDEO.value}: {session.captions(params, tokens[None])[0]}')
+    return
+  out_dir = os.path.join(workdir, 'generate')
+  os.makedirs(out_dir, exist_ok=True)
+  slug = '_'.join(_PROMPT.value.lower().split())[:60]
+  codes = np.stack([session.video_codes(params, _PROMPT.value, jax.random.key(i))
+                    for i in range(_NUM_SAMPLES.value)])
+  frames = session.frames(codes)  # [samples, time, size, size, 3]
+  Image.fromarray(image_grid(frames)).save(os.path.join(out_dir, f'{slug}.png'))
+  for i, clip in enumerate(frames):
+    with open(os.path.join(out_dir, f'{slug}_{i}.mp4'), 'wb') as f:
+      f.write(video_lib.encode_mp4((clip * 255 + 0.5).astype(np.uint8), fps=4))
+  print(f'{_NUM_SAMPLES.value} clips for {_PROMPT.value!r} from {name}: {out_dir}/{slug}*.mp4 '
+        f'and {slug}.png (one row per sample).')
 
 
 def print_results(results: dict, path: str) -> None:

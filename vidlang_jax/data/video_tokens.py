@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 LABEL_KEYS = ('shape_label', 'colour_label', 'size_label', 'motion_label', 'num_objects')
 
 
-def load_tokenizer_run(workdir: str) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict,
-                                              str]:
+def load_tokenizer_run(workdir: str) -> tuple[Any, Any, ml_collections.ConfigDict, str]:
   """(VideoTokenizer module, params tree, the run's config, checkpoint name) of a tokenizer
   run's latest checkpoint."""
   config_path = os.path.join(workdir, 'config.json')
@@ -44,14 +43,7 @@ def load_tokenizer_run(workdir: str) -> tuple[Any, dict[str, Any], ml_collection
   kwargs = {k: tuple(v) if isinstance(v, list) else v
             for k, v in config.model.to_dict().items() if k != 'name'}
   model = registry.lookup('model.video_tokenizer')(**kwargs)
-  flat, name = checkpoint_lib.read_params(workdir)
-  params: dict[str, Any] = {}
-  for path, leaf in flat.items():
-    node = params
-    *parents, last = path.split('/')
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[last] = leaf
+  params, name = checkpoint_lib.read_params_tree(workdir)
   return model, params, config, name
 
 

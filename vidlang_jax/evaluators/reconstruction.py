@@ -54,7 +54,7 @@ class ReconstructionEvaluator:
     tubelet = tuple(config.model.video.tubelet)
     normalize, var_eps = config.loss.normalize_target, config.loss.target_var_eps
 
-    def reconstruct(params, batch, rng):
+    def reconstruct(params, batch, rng, with_images):
       own, _ = mv.split_guide(params)
       mask = make_mask(params, batch, rng)
       pred = model.apply({'params': own}, batch['video'], mask)['pred']
@@ -66,14 +66,17 @@ class ReconstructionEvaluator:
       weights = mask.mask.astype(jnp.float32)
       per_token = lambda x: jnp.mean(jnp.square(x - truth), axis=(2, 3))  # [batch, tokens]
       mse = lambda x: jnp.sum(per_token(x) * weights, 1) / jnp.sum(weights, 1)
+      scores = psnr(mse(pixels)), psnr(mse(jnp.broadcast_to(mean, truth.shape)))
+      if not with_images:
+        return scores
       grid = mv.token_grid(batch['video'].shape, tubelet)
       frames = lambda x: mv.unpatchify(x, grid, tubelet)
-      images = {'original': frames(truth),
-                'masked': frames(jnp.where(masked, GREY, truth)),
-                'recon': frames(jnp.where(masked, pixels, truth))}
-      return psnr(mse(pixels)), psnr(mse(jnp.broadcast_to(mean, truth.shape))), images
+      return scores, [frames(truth), frames(jnp.where(masked, GREY, truth)),
+                      frames(jnp.where(masked, pixels, truth))]
 
-    self.reconstruct = jax.jit(reconstruct, out_shardings=sharding.batch_sharding(mesh, 1))
+    # Pictures (original / masked / reconstruction) only for the first batch.
+    self.reconstruct = jax.jit(reconstruct, static_argnums=3,
+                               out_shardings=sharding.batch_sharding(mesh, 1))
 
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
     scores, baselines, shown = [], [], None
@@ -83,13 +86,14 @@ class ReconstructionEvaluator:
       mask = batch['mask']
       local = sharding.shard_batch(process_slice({'video': batch['video'],
                                                   'text': batch['text']}), self.mesh)
-      score, baseline, images = self.reconstruct(params, local, jax.random.key(index))
       gather = lambda x: multihost_utils.process_allgather(x, tiled=True)
+      if shown is None:
+        (score, baseline), images = self.reconstruct(params, local, jax.random.key(index), True)
+        shown = [gather(x)[:self.eval_config.get('num_images', 4)] for x in images]
+      else:
+        score, baseline = self.reconstruct(params, local, jax.random.key(index), False)
       scores.append(gather(score)[mask])
       baselines.append(gather(baseline)[mask])
-      if shown is None:
-        count = self.eval_config.get('num_images', 4)
-        shown = [gather(images[k])[:count] for k in ('original', 'masked', 'recon')]
     if jax.process_index() == 0 and shown is not None:
       os.makedirs(os.path.join(workdir, 'recon'), exist_ok=True)
       Image.fromarray(image_grid(*shown)).save(os.path.join(workdir, 'recon', f'{step}.png'))

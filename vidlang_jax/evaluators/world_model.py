@@ -166,23 +166,19 @@ class CaptioningEvaluator(_WorldModelEvaluator):
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.generator = generate_lib.Generator(self.model)
+    self.session = generate_lib.WorldModelSession(self.model, self.config.data)
 
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
     cache = self.cache()
     single = [i for i in range(len(cache)) if cache.labels['num_objects'][i] == 1]
-    max_len = self.config.data.max_text_len
-    allowed = generate_lib.text_constraints(self.vocab, max_len)
     batch_size = self.eval_config.get('batch_size', 32)
     scores = {k: [] for k in ('shape', 'colour', 'motion', 'shape_motion')}
     lines = []
     for start in range(0, len(single), batch_size):
       indices = single[start:start + batch_size]
-      prompts = np.stack([np.concatenate([self.video_prompt(cache[i]['video_tokens']),
-                                          [tokenizer_lib.BOS_ID]]) for i in indices])
-      generated = self.generator(params, prompts, max_len, allowed=allowed)
-      for i, ids in zip(indices, generated):
-        text = self.tokenizer.decode(generate_lib.text_until_eos(ids))
+      texts = self.session.captions(params, np.stack([cache[i]['video_tokens']
+                                                      for i in indices]))
+      for i, text in zip(indices, texts):
         parsed = parse_caption(text)
         right = {k: parsed[k] == int(cache.labels[f'{k}_label'][i])
                  for k in ('shape', 'colour', 'motion')}
@@ -208,32 +204,22 @@ class TextToVideoEvaluator(_WorldModelEvaluator):
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.generator = generate_lib.Generator(
-        self.model, temperature=self.eval_config.get('temperature', 1.0),
+    self.session = generate_lib.WorldModelSession(
+        self.model, self.config.data, temperature=self.eval_config.get('temperature', 1.0),
         top_k=self.eval_config.get('top_k', 0))
-    self.tokenizer_model, self.tokenizer_params, _, _ = video_tokens.load_tokenizer_run(
-        self.config.data.video_tokenizer)
 
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
     cache = self.cache()
-    real = np.stack([cache[i]['video_tokens'][::self.stride]
-                     for i in range(self.eval_config.num_samples)])  # [n, time, h, w]
-    frames, height, width = real.shape[1:]
-    allowed = generate_lib.video_constraints(self.vocab, frames, height * width)
-    samples, texts = [], []
-    for i in range(len(real)):  # captions differ in length: one prompt per call
-      prompt = np.concatenate([sequences.caption_ids(self.tokenizer, cache.captions[i]),
-                               [self.vocab.special('vision_start')]])[None]
-      ids = self.generator(params, prompt, len(allowed), jax.random.key(i), allowed)[0]
-      codes = ids[self.vocab.is_video(ids)] - self.vocab.video_offset
-      samples.append(codes.reshape(frames, height, width))
-      texts.append(cache.captions[i])
-    samples = np.stack(samples)
-    detokenize = lambda t: np.asarray(pixels_01(self.tokenizer_model.apply(
-        {'params': self.tokenizer_params}, jnp.asarray(t), method='detokenize')))
+    count = self.eval_config.num_samples
+    real = np.stack([cache[i]['video_tokens'][::self.stride] for i in range(count)])
+    # Captions differ in length: one prompt per call.
+    samples = np.stack([self.session.video_codes(params, cache.captions[i], jax.random.key(i))
+                        for i in range(count)])
     if jax.process_index() == 0:
       os.makedirs(os.path.join(workdir, 't2v'), exist_ok=True)
-      Image.fromarray(image_grid(detokenize(real), detokenize(samples))).save(os.path.join(workdir, 't2v', f'{step}.png'))
+      Image.fromarray(image_grid(self.session.frames(real), self.session.frames(samples))).save(
+          os.path.join(workdir, 't2v', f'{step}.png'))
       with open(os.path.join(workdir, 't2v', f'{step}.txt'), 'w', encoding='utf-8') as f:
-        f.write('\n'.join(f'row pair {i}: {t}' for i, t in enumerate(texts)) + '\n')
+        f.write('\n'.join(f'rows {2 * i}-{2 * i + 1} (real, generated): {cache.captions[i]}'
+                          for i in range(count)) + '\n')
     return {'t2v_code_accuracy': float(np.mean(samples == real))}

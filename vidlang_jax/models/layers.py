@@ -98,6 +98,30 @@ def layer_norm(name: str | None = None, dtype: Dtype = jnp.float32) -> nn.LayerN
                       bias_init=partitioned(nn.initializers.zeros, 'embed'))
 
 
+def stack_blocks(block: type[nn.Module], x: jax.Array, *args: Any, depth: int, scan: bool,
+                 remat: bool, static_argnums: tuple[int, ...] = (),
+                 rngs: tuple[str, ...] = ('params',),
+                 collections: tuple[str, ...] = ('params',), **block_kwargs: Any) -> jax.Array:
+  """`depth` blocks `(x, *args) -> (x, None)` applied in turn, inside a compact method.
+
+  `scan`: one compiled block with params stacked on a leading `layers` axis (`blocks/...`);
+  otherwise unrolled (`block_0/...`). `remat` recomputes each block's activations in the
+  backward pass; `static_argnums` counts `self` as 0. `collections` are stacked too (e.g. the
+  decoder's KV `cache`).
+  """
+  if remat:
+    block = nn.remat(block, static_argnums=static_argnums, prevent_cse=not scan)
+  if scan:
+    stack = nn.scan(block, variable_axes={c: 0 for c in collections},
+                    split_rngs={r: True for r in rngs}, in_axes=(nn.broadcast,) * len(args),
+                    length=depth, metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, _ = stack(name='blocks', **block_kwargs)(x, *args)
+  else:
+    for i in range(depth):
+      x, _ = block(name=f'block_{i}', **block_kwargs)(x, *args)
+  return x
+
+
 class EncoderBlock(nn.Module):
   """Pre-LN transformer block; `attention='divided'` attends over time, then space (TimeSformer).
 
@@ -153,17 +177,8 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None, *,
                train: bool = False) -> jax.Array:
-    block = EncoderBlock
-    if self.remat:
-      block = nn.remat(block, static_argnums=(3,))
-    kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, attention=self.attention,
-                  causal=self.causal, dropout=self.dropout, dtype=self.dtype)
-    if self.scan:
-      stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
-                      metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = stack(name='blocks', **kwargs)(x, segment_ids, train)
-    else:
-      for i in range(self.num_layers):
-        x, _ = block(name=f'block_{i}', **kwargs)(x, segment_ids, train)
+    x = stack_blocks(EncoderBlock, x, segment_ids, train, depth=self.num_layers, scan=self.scan,
+                     remat=self.remat, static_argnums=(3,), rngs=('params', 'dropout'),
+                     num_heads=self.num_heads, mlp_dim=self.mlp_dim, attention=self.attention,
+                     causal=self.causal, dropout=self.dropout, dtype=self.dtype)
     return layer_norm('norm_out', self.dtype)(x)

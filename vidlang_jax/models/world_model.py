@@ -167,21 +167,12 @@ class WorldModel(nn.Module):
         nn.initializers.normal(0.02), 'vocab', 'embed'), (self.vocab_size, self.width))
     x = layers.constrain(jnp.take(embedding, tokens, axis=0).astype(self.dtype),
                          'batch', 'length', 'embed')
-    block = DecoderBlock
-    if self.remat:
-      block = nn.remat(block, prevent_cse=not self.scan)
-    kwargs = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads or self.num_heads,
-                  mlp_dim=self.mlp_dim, rope_theta=self.rope_theta, attention=self.attention,
-                  block_size=self.block_size, decode=self.decode, dtype=self.dtype)
-    if self.scan:
-      stack = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
-                      split_rngs={'params': True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
-                      metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = stack(name='blocks', **kwargs)(x, positions, segment_ids)
-    else:
-      for i in range(self.depth):
-        x, _ = block(name=f'block_{i}', **kwargs)(x, positions, segment_ids)
+    x = layers.stack_blocks(
+        DecoderBlock, x, positions, segment_ids, depth=self.depth, scan=self.scan,
+        remat=self.remat, collections=('params', 'cache'), num_heads=self.num_heads,
+        num_kv_heads=self.num_kv_heads or self.num_heads, mlp_dim=self.mlp_dim,
+        rope_theta=self.rope_theta, attention=self.attention, block_size=self.block_size,
+        decode=self.decode, dtype=self.dtype)
     x = RMSNorm(dtype=self.dtype, name='norm_out')(x)
     logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name='lm_head',
                       kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed',

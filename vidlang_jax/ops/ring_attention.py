@@ -73,11 +73,16 @@ def _tile_logits(q, k, q_pos, kv_pos, q_seg, kv_seg, causal, scale):
   return jnp.where(mask, s, NEG_INF), mask
 
 
-def _skip(q_pos, kv_pos, causal):
-  """True when the whole tile is in the future (causal), so it contributes nothing."""
-  if not causal:
-    return jnp.bool_(False)
-  return jnp.max(q_pos) < jnp.min(kv_pos)
+def _skip(q_pos, kv_pos, q_seg, kv_seg, causal):
+  """True when the tile contributes nothing: in every row, the tile's queries and keys belong
+  to different documents (packed segments; 0 is padding), or every key is in the future of
+  every query (causal). Off-diagonal tiles of packed rows are skipped like future ones."""
+  big = jnp.iinfo(q_seg.dtype).max
+  lowest = lambda seg: jnp.min(jnp.where(seg > 0, seg, big), axis=-1)  # [b]
+  disjoint = (jnp.max(q_seg, -1) < lowest(kv_seg)) | (jnp.max(kv_seg, -1) < lowest(q_seg))
+  if causal:
+    disjoint |= jnp.max(q_pos, -1) < jnp.min(kv_pos, -1)
+  return jnp.all(disjoint)
 
 
 def _split(x, block, axis=1):
@@ -124,7 +129,7 @@ def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, scale,
         o = o * jnp.moveaxis(correction, -1, 1)[..., None] + pv
         return o, m_new, l
 
-      return lax.cond(_skip(qp, kp, causal), lambda c: c, compute, (o, m, l)), None
+      return lax.cond(_skip(qp, kp, qs, ks, causal), lambda c: c, compute, (o, m, l)), None
 
     (o, m, l), _ = lax.scan(per_kv_tile, (o, m, l), kv_tiles)
     return o, m, l
@@ -191,7 +196,7 @@ def _backward_shard(grads, q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg
 
       zeros = (jnp.zeros(q_t.shape, jnp.float32), jnp.zeros(dk_t.shape, jnp.float32),
                jnp.zeros(dv_t.shape, jnp.float32))
-      dq_c, dk_c, dv_c = lax.cond(_skip(qp, kp, causal), lambda _: zeros, compute, None)
+      dq_c, dk_c, dv_c = lax.cond(_skip(qp, kp, qs, ks, causal), lambda _: zeros, compute, None)
       return (dk_t + dk_c, dv_t + dv_c), dq_c
 
     (dk_t, dv_t), dq_tiles = lax.scan(
