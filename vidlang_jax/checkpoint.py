@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import grain
 import jax
 import numpy as np
+from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -100,15 +101,23 @@ def read_params_tree(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[
   """The params tree of a run's checkpoint (a workdir, its checkpoints/ or one step),
   replicated over `mesh`, else on one device, and a name for it ('<dir>/<step>')."""
   directory, step = _resolve_checkpoint(path)
-  manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'config'),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  metadata = manager.item_metadata(step)['state']
-  replicated = (NamedSharding(mesh, P()) if mesh is not None
-                else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
-                          metadata)
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  manager.close()
+  # Orbax warns about every item it is not asked to restore (data state, config) and about
+  # read-only mode: noise for a read of the params alone.
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'config'),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    metadata = manager.item_metadata(step)['state']
+    replicated = (NamedSharding(mesh, P()) if mesh is not None
+                  else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), metadata)
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    manager.close()
+  finally:
+    absl_logging.set_verbosity(verbosity)
   return state['state']['params'], f'{directory}/{step}'
 
 
