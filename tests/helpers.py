@@ -34,3 +34,12 @@ def find_leaf(tree, pattern):
     if re.fullmatch(pattern, path):
       return leaf
   raise KeyError(pattern)
+
+
+def eval_json(workdir, step):
+  """A run's `eval/<step>.json`."""
+  import json
+  import os
+
+  with open(os.path.join(workdir, 'eval', f'{step}.json')) as f:
+    return json.load(f)

@@ -1,7 +1,6 @@
 """Masked video family end to end on the tiny dataset: two-tower run -> text-guided joint MAE
 run guided by it -> fine-tuning from the MAE encoder; eval JSON keys, picture, partial loads."""
 
-import json
 import os
 
 import numpy as np
@@ -9,6 +8,8 @@ import numpy as np
 from vidlang_jax import checkpoint as checkpoint_lib
 from vidlang_jax import config as config_lib
 from vidlang_jax import train
+
+from helpers import eval_json
 
 
 def small(config, data_dir, steps=2):
@@ -28,11 +29,6 @@ def small(config, data_dir, steps=2):
   if 'recon' in config.evals:
     config.evals.recon.num_examples = 40
   return config
-
-
-def eval_json(workdir, step):
-  with open(os.path.join(workdir, 'eval', f'{step}.json')) as f:
-    return json.load(f)
 
 
 def test_guided_joint_mae_then_finetune(tiny_data_dir, tmp_path):

@@ -13,6 +13,8 @@ from vidlang_jax import config as config_lib
 from vidlang_jax import generate, train
 from vidlang_jax.data import moving_shapes
 
+from helpers import eval_json
+
 
 def small_lm(spec, data_dir, steps=2):
   config = config_lib.load(spec)
@@ -26,11 +28,6 @@ def small_lm(spec, data_dir, steps=2):
   config.evals.needle.update(samples=1, depths=(0.0, 1.0))
   config.evals.text_to_video.num_samples = 2
   return config
-
-
-def eval_json(workdir, step):
-  with open(os.path.join(workdir, 'eval', f'{step}.json')) as f:
-    return json.load(f)
 
 
 def test_tokenizer_then_two_lm_stages_then_generate(tiny_data_dir, tmp_path):
