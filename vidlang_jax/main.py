@@ -118,7 +118,7 @@ def generate(config, workdir: str) -> None:
   import numpy as np
   from PIL import Image
 
-  from vidlang_jax import checkpoint, generate as generate_lib, registry
+  from vidlang_jax import checkpoint, generate as generate_lib, train
   from vidlang_jax.data import video as video_lib
   from vidlang_jax.evaluators.reconstruction import image_grid
 
@@ -126,8 +126,7 @@ def generate(config, workdir: str) -> None:
     sys.exit(f'error: generate needs a world_model config, got objective={config.objective!r}.')
   if bool(_PROMPT.value) == bool(_VIDEO.value):
     sys.exit('error: generate needs exactly one of --prompt "caption" or --video file.mp4.')
-  model = registry.lookup(config.model.name, kind='model')(
-      **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
+  model = train.build_model(config)
   params, name = checkpoint.read_params_tree(workdir)
   session = generate_lib.WorldModelSession(model, config.data, temperature=_TEMPERATURE.value,
                                            top_k=_TOP_K.value)

@@ -21,7 +21,7 @@ import numpy as np
 import tqdm
 
 from vidlang_jax import checkpoint as checkpoint_lib, registry
-from vidlang_jax.data import pipeline
+from vidlang_jax.data import builders, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def build_token_cache(data_config: ml_collections.ConfigDict, split: str,
     pipeline.check_split(data_config, split, 'the token cache split')
     tokenize = jax.jit(lambda p, v: model.apply({'params': p}, v, method=model.tokenize))
     tokens, captions, labels = [], [], {k: [] for k in LABEL_KEYS}
-    total = max_examples or len(pipeline.builders.data_source(
+    total = max_examples or len(builders.data_source(
         data_config.name, split, data_config.get('data_dir'),
         **data_config.get('builder_kwargs', {})))
     for batch in tqdm.tqdm(pipeline.eval_batches(data_config, split, batch_size,

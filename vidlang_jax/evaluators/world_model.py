@@ -21,7 +21,6 @@ from vidlang_jax.data import moving_shapes, pipeline, sequences, tokenizer as to
 from vidlang_jax.data import video_tokens
 from vidlang_jax.evaluators.reconstruction import image_grid
 from vidlang_jax.losses.language_model import MODALITIES, weighted_next_token_loss
-from vidlang_jax.models.masked_video import pixels_01
 
 
 class _WorldModelEvaluator:
@@ -37,9 +36,6 @@ class _WorldModelEvaluator:
   def cache(self) -> video_tokens.TokenCache:
     return video_tokens.token_cache(self.config.data, self.eval_config.split,
                                     self.eval_config.get('num_examples'))
-
-  def video_prompt(self, clip_tokens: np.ndarray) -> np.ndarray:
-    return sequences.video_part(self.vocab, clip_tokens[::self.stride])
 
 
 @registry.register('evaluator.lm_perplexity')
