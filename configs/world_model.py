@@ -22,8 +22,8 @@ init=gs://b/runs/lwm_4 --workdir gs://b/runs/lwm_5 --config.mesh.sequence=32 \
 Arguments (comma separated): `tiny` | `base`, `stage=K` (1-based), `tokenizer=PATH` (the video
 tokenizer run), `init=PATH` (the previous stage's run; stage 1 starts from scratch),
 `steps=N`, `attention=dot_product|ring` (default ring: on one device, as in `tiny`, it is a
-blockwise attention that skips future tiles and tiles of different packed documents, 3x faster
-than plain attention on 1K rows and 9x on 4K, see benchmarks/world_model_step.py).
+blockwise attention that skips future tiles and tiles of different packed documents, 2.6-3x
+faster than plain attention on 1K rows and 11x on 4K, see benchmarks/world_model_step.py).
 """
 
 import os
