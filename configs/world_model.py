@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       condition_weight=0.0,       # loss on the conditioning part (first half of a document)
       needle_fraction=0.02,       # needle-in-a-haystack documents among all documents
       needle_min_length=256, needle_max_length=0,  # 0: up to the stage's sequence length
+      needle_facts=4,             # keyed facts per training haystack, each asked at the end
       needle_value_len=2, needle_weight=1.0,
       packing_bins=16, max_train_clips=0))  # 0: the whole train split
 

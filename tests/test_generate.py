@@ -85,7 +85,7 @@ def packed_rows(batch=4, length=128, seed=0):
     text = np.concatenate([[2], rng.integers(4, VOCAB.text_size, 5 + i % 4), [3]])
     docs.append(sequences.clip_document(VOCAB, tokens, text, sequences.ORDERS[i % 2]))
   filler = [np.concatenate([[2], rng.integers(4, 40, 6), [3]]) for _ in range(10)]
-  docs.append(sequences.needle_document(VOCAB, filler, 90, 0.3, np.array([7, 8])))
+  docs.append(sequences.needle_document(VOCAB, filler, 90, [(5, np.array([7, 8]))], [0.3], [0]))
   rows = list(sequences.packed_dataset(grain.MapDataset.source(docs).to_iter_dataset(), length,
                                        num_bins=batch, seed=0))[:batch]
   return {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}

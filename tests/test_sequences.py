@@ -5,7 +5,7 @@ import grain
 import numpy as np
 import pytest
 
-from vidlang_jax.data import moving_shapes, sequences
+from vidlang_jax.data import moving_shapes, sequences, tokenizer as tokenizer_lib
 from vidlang_jax.evaluators.world_model import parse_caption
 
 VOCAB = sequences.Vocabulary(text_size=50, num_codes=20)
@@ -53,16 +53,48 @@ def test_condition_weight_trains_the_condition_too():
 def test_needle_document(depth):
   filler = [np.array([2, 20, 21, 22, 3]), np.array([2, 30, 31, 3])]
   value = np.array([7, 9])
-  doc = sequences.needle_document(VOCAB, filler, 100, depth, value)
+  doc = sequences.needle_document(VOCAB, filler, 100, [(40, value)], [depth], [0])
   ids = np.concatenate([doc['inputs'], doc['targets'][-1:]])
   assert len(ids) == 100
   fact = VOCAB.special('fact')
   where = np.flatnonzero(ids == fact)
-  assert len(where) == 2 and where[1] == 97  # <fact> v1 v2 at the end
-  np.testing.assert_array_equal(ids[where[0] + 1:where[0] + 3], value)
-  np.testing.assert_array_equal(ids[-2:], value)
-  assert abs(where[0] - depth * (100 - 6)) <= 1
+  assert len(where) == 2 and where[1] == 96  # <fact> key v1 v2 at the end
+  np.testing.assert_array_equal(ids[where[0] + 1:where[0] + 4], [40, 7, 9])
+  np.testing.assert_array_equal(ids[-3:], [40, 7, 9])
+  assert abs(where[0] - depth * (100 - 8)) <= 1
   assert np.flatnonzero(doc['weights']).tolist() == [97, 98]  # only the answer is trained
+
+
+def test_needle_document_with_several_facts_asks_each():
+  filler = [np.array([2, 20, 21, 22, 3])]
+  facts = [(40, np.array([7, 9])), (41, np.array([8, 10])), (42, np.array([11, 12]))]
+  doc = sequences.needle_document(VOCAB, filler, 60, facts, [0.9, 0.1, 0.5], [2, 0, 1])
+  ids = np.concatenate([doc['inputs'], doc['targets'][-1:]])
+  assert len(ids) == 60
+  fact = VOCAB.special('fact')
+  where = np.flatnonzero(ids == fact)
+  # Hidden in depth order (keys 41, 42, 40), then asked in the given order (42, 40, 41).
+  assert [ids[i + 1] for i in where] == [41, 42, 40, 42, 40, 41]
+  trained = np.flatnonzero(doc['weights'])
+  # Each trained target is an answer token, right after its question.
+  np.testing.assert_array_equal(doc['targets'][trained], [11, 12, 7, 9, 8, 10])
+  for start in where[3:]:
+    assert ids[start + 2:start + 4].tolist() == facts[[f[0] for f in facts].index(
+        ids[start + 1])][1].tolist()
+  with pytest.raises(ValueError, match='no room for filler'):
+    sequences.needle_document(VOCAB, filler, 24, facts, [0.1, 0.5, 0.9], [0, 1, 2])
+
+
+def test_random_needle_document_answers_match_the_facts(tmp_path):
+  tokenizer = tokenizer_lib.train_tokenizer(
+      ['a red circle moves left', 'a small blue square sits still'] * 4,
+      str(tmp_path / 'tokenizer.json'), vocab_size=64)
+  captions = ['a red circle moves left', 'a small blue square sits still']
+  doc, answers = sequences.random_needle_document(
+      VOCAB, tokenizer, captions, np.random.default_rng(0), 200, num_facts=3)
+  assert len(doc['inputs']) == 199 and answers.shape == (3, 2)
+  np.testing.assert_array_equal(doc['targets'][doc['weights'] > 0], answers.reshape(-1))
+  assert (answers >= len(tokenizer_lib.SPECIAL_TOKENS)).all()
 
 
 def test_packing_keeps_documents_whole_and_separate():

@@ -10,7 +10,7 @@ import numpy as np
 
 from vidlang_jax import checkpoint as checkpoint_lib
 from vidlang_jax import config as config_lib
-from vidlang_jax import generate, train
+from vidlang_jax import generate, sharding, train
 from vidlang_jax.data import moving_shapes
 
 from helpers import eval_json
@@ -57,6 +57,11 @@ def test_tokenizer_then_two_lm_stages_then_generate(tiny_data_dir, tmp_path):
     assert len(f.read().splitlines()) > 0  # one line per one-object test clip
   metrics = [json.loads(line) for line in open(os.path.join(stage1, 'metrics.jsonl'))]
   assert {'text_loss', 'video_loss', 'accuracy'} <= set(metrics[-2])  # [-1]: the evals
+  # The world-model evaluators share one session: tokenizers loaded once.
+  stage1_config = small_lm(spec, tiny_data_dir)
+  evaluators = train.build_evaluators(stage1_config, train.build_model(stage1_config),
+                                      sharding.make_mesh(stage1_config.mesh))
+  assert len({id(e.session) for e in evaluators.values()}) == 1
 
   # Stage 2 loads stage 1; with a learning rate of 0 its params stay stage 1's.
   config = small_lm(f'{spec.replace("stage=1", "stage=2")},init={stage1}', tiny_data_dir,

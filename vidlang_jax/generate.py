@@ -33,27 +33,28 @@ def sample_token(logits: jax.Array, rng: jax.Array, temperature: float, top_k: i
 class Generator:
   """`generator(params, prompt, num_new, rng, allowed=None)` -> `[batch, num_new]` ids.
 
-  Prompts in one call share a length (pad-free batches); each shape compiles once.
+  Prompts in one call share a length (pad-free batches); each shape and each (temperature,
+  top_k), set here or per call, compiles once.
   """
 
   def __init__(self, model, *, temperature: float = 0.0, top_k: int = 0):
     self.decoder = model.clone(decode=True, attention='dot_product', remat=False)
     self.temperature, self.top_k = temperature, top_k
-    self._run = jax.jit(self._generate, static_argnums=(2,))
+    self._run = jax.jit(self._generate, static_argnums=(2, 5, 6))
 
   def _empty_cache(self, batch: int, length: int):
     shapes = jax.eval_shape(lambda: self.decoder.init(
         jax.random.key(0), jnp.zeros((batch, length), jnp.int32)))['cache']
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-  def _generate(self, params, prompt, num_new, rng, allowed):
+  def _generate(self, params, prompt, num_new, rng, allowed, temperature, top_k):
     batch, prompt_len = prompt.shape
     cache = self._empty_cache(batch, prompt_len + num_new)
     positions = jnp.broadcast_to(jnp.arange(prompt_len), prompt.shape)
     logits, state = self.decoder.apply({'params': params, 'cache': cache}, prompt, positions,
                                        mutable=['cache'])
     pick = lambda logits, i, rng: sample_token(
-        logits, jax.random.fold_in(rng, i), self.temperature, self.top_k,
+        logits, jax.random.fold_in(rng, i), temperature, top_k,
         None if allowed is None else allowed[i])
     out = jnp.zeros((batch, num_new), jnp.int32).at[:, 0].set(pick(logits[:, -1], 0, rng))
 
@@ -69,13 +70,17 @@ class Generator:
     return out
 
   def __call__(self, params, prompt: np.ndarray, num_new: int, rng: jax.Array | None = None,
-               allowed: np.ndarray | None = None) -> np.ndarray:
+               allowed: np.ndarray | None = None, *, temperature: float | None = None,
+               top_k: int | None = None) -> np.ndarray:
     rng = jax.random.key(0) if rng is None else rng
+    temperature = self.temperature if temperature is None else temperature
+    top_k = self.top_k if top_k is None else top_k
     prompt = jnp.asarray(prompt, jnp.int32)
     if allowed is not None and allowed.shape[0] != num_new:
       raise ValueError(f'allowed has {allowed.shape[0]} rows for {num_new} new tokens.')
     return np.asarray(self._run(params, prompt, num_new, rng,
-                                None if allowed is None else jnp.asarray(allowed)))
+                                None if allowed is None else jnp.asarray(allowed),
+                                float(temperature), int(top_k)))
 
 
 def video_constraints(vocab: sequences.Vocabulary, num_frames: int,
@@ -109,7 +114,8 @@ def text_until_eos(ids: np.ndarray) -> list[int]:
 
 class WorldModelSession:
   """A world model with its video and caption tokenizers, for both directions:
-  captions from clips (greedy) and clips from captions (sampled), given the LM's params."""
+  captions from clips (greedy) and clips from captions (sampled with the session's
+  temperature and top-k unless a call gives its own), given the LM's params."""
 
   def __init__(self, model, data_config, *, temperature: float = 1.0, top_k: int = 0):
     from vidlang_jax.data import pipeline, tokenizer as tokenizer_lib, video_tokens
@@ -119,8 +125,7 @@ class WorldModelSession:
     self.text_tokenizer = tokenizer_lib.load_tokenizer(pipeline.tokenizer_path(data_config))
     self.video_tokenizer, self.video_tokenizer_params, _, _ = video_tokens.load_tokenizer_run(
         data_config.video_tokenizer)
-    self.greedy = Generator(model)
-    self.sampler = Generator(model, temperature=temperature, top_k=top_k)
+    self.generator = Generator(model, temperature=temperature, top_k=top_k)
     self.stride = data_config.lm.frame_stride
     self.num_frames = len(range(0, data_config.num_frames, self.stride))
     self.grid = data_config.image_size // 2 ** len(self.video_tokenizer.channels)
@@ -146,15 +151,18 @@ class WorldModelSession:
     prompts = np.stack([np.concatenate([sequences.video_part(self.vocab, t[::self.stride]),
                                         [BOS_ID]]) for t in clip_tokens])
     length = self.data_config.max_text_len
-    ids = self.greedy(params, prompts, length, allowed=text_constraints(self.vocab, length))
+    ids = self.generator(params, prompts, length, allowed=text_constraints(self.vocab, length),
+                         temperature=0.0)
     return [self.text_tokenizer.decode(text_until_eos(row)) for row in ids]
 
-  def video_codes(self, params, caption: str, rng: jax.Array) -> np.ndarray:
+  def video_codes(self, params, caption: str, rng: jax.Array, *,
+                  temperature: float | None = None, top_k: int | None = None) -> np.ndarray:
     """Sampled codes `[time, h, w]` of a clip for `caption`."""
     allowed = video_constraints(self.vocab, self.num_frames, self.grid * self.grid)
     prompt = np.concatenate([sequences.caption_ids(self.text_tokenizer, caption),
                              [self.vocab.special('vision_start')]])[None]
-    ids = self.sampler(params, prompt, len(allowed), rng, allowed)[0]
+    ids = self.generator(params, prompt, len(allowed), rng, allowed, temperature=temperature,
+                         top_k=top_k)[0]
     return (ids[self.vocab.is_video(ids)] - self.vocab.video_offset).reshape(
         self.num_frames, self.grid, self.grid)
 

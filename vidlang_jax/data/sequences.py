@@ -3,8 +3,8 @@
 A document is a clip in one of two orders, as in LWM:
   captioning  (video -> text): <vision> f1 <eof> f2 <eof> ... fT <eov> </vision> [BOS] caption [EOS]
   generation  (text -> video): [BOS] caption [EOS] <vision> f1 <eof> ... fT <eov> </vision>
-or a needle-in-a-haystack document: captions as filler, `<fact> v1 v2` hidden at some depth and
-`<fact>` again at the end, where the model must answer `v1 v2`.
+or a needle-in-a-haystack document: captions as filler, facts `<fact> key v1 v2` hidden at
+random depths and questions `<fact> key` at the end, where the model must answer `v1 v2`.
 
 Every document becomes next-token pairs (`inputs`, `targets`) with per-target `weights` (the
 modality's loss weight; 0 on the conditioning part unless configured) and `modality` (0 text,
@@ -103,18 +103,25 @@ def clip_document(vocab: Vocabulary, video_tokens: np.ndarray, text: np.ndarray,
   return next_token_pairs([(first[0], first[1], first[2] * condition_weight), second])
 
 
-def needle_document(vocab: Vocabulary, filler: Sequence[np.ndarray], length: int, depth: float,
-                    value: np.ndarray, *, weight: float = 1.0) -> dict[str, np.ndarray]:
-  """A haystack of `length` tokens: filler text with `<fact> value` at `depth` (0 = start,
-  1 = end of the filler), closed by `<fact> value`; only the final `value` carries loss.
+def needle_document(vocab: Vocabulary, filler: Sequence[np.ndarray], length: int,
+                    facts: Sequence[tuple[int, np.ndarray]], depths: Sequence[float],
+                    queries: Sequence[int], *, weight: float = 1.0) -> dict[str, np.ndarray]:
+  """A haystack of exactly `length` tokens: filler text with the facts `<fact> key value`
+  hidden at `depths` (0 = start, 1 = end of the filler), then one question `<fact> key` per
+  index in `queries`, each followed by its answer `value`; only the answers carry loss.
 
+  This is LWM's keyed needle ("the special magic <city> number is ..."). One fact and one
+  question is the classic needle; several of each give training many answers per haystack.
   `filler` is a sequence of tokenized captions, used in order and cycled.
   """
   fact = vocab.special('fact')
-  needle = np.concatenate([[fact], value]).astype(np.int32)
-  filler_len = length - 2 * len(needle)
+  hidden = [np.asarray([fact, key, *value], np.int32) for key, value in facts]
+  asked = [(np.asarray([fact, facts[q][0]], np.int32), np.asarray(facts[q][1], np.int32))
+           for q in queries]
+  filler_len = length - sum(map(len, hidden)) - sum(len(q) + len(a) for q, a in asked)
   if filler_len < 1:
-    raise ValueError(f'A needle document of {length} tokens has no room for filler.')
+    raise ValueError(f'A needle document of {length} tokens has no room for filler around '
+                     f'{len(facts)} facts and {len(queries)} questions.')
   pieces, total = [], 0
   for i in range(filler_len):  # enough captions, cycled
     piece = filler[i % len(filler)]
@@ -123,9 +130,36 @@ def needle_document(vocab: Vocabulary, filler: Sequence[np.ndarray], length: int
     if total >= filler_len:
       break
   haystack = np.concatenate(pieces)[:filler_len]
-  at = int(round(depth * filler_len))
-  before = np.concatenate([haystack[:at], needle, haystack[at:], [fact]]).astype(np.int32)
-  return next_token_pairs([(before, TEXT, 0.0), (value.astype(np.int32), TEXT, weight)])
+  cuts = [int(round(d * filler_len)) for d in depths]
+  parts, previous = [], 0
+  for at, needle in sorted(zip(cuts, range(len(hidden)))):
+    parts += [haystack[previous:at], hidden[needle]]
+    previous = at
+  parts.append(haystack[previous:])
+  pairs = [(np.concatenate(parts), TEXT, 0.0)]
+  for question, answer in asked:
+    pairs += [(question, TEXT, 0.0), (answer, TEXT, weight)]
+  return next_token_pairs(pairs)
+
+
+def random_needle_document(vocab: Vocabulary, tokenizer, captions: Sequence[str],
+                           rng: np.random.Generator, length: int, *, num_facts: int = 1,
+                           depth: float | None = None, value_len: int = 2,
+                           weight: float = 1.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """A needle document of random captions with `num_facts` random facts (distinct keys,
+  random depths unless `depth` is given) asked in random order; returns it and the answers
+  `[num_facts, value_len]` in the order asked. Training and the needle evaluator both draw
+  their haystacks here."""
+  text_vocab_size = tokenizer.get_vocab_size()
+  first = len(tokenizer_lib.SPECIAL_TOKENS)
+  keys = rng.choice(np.arange(first, text_vocab_size), size=num_facts, replace=False)
+  facts = [(int(k), needle_value(rng, text_vocab_size, value_len)) for k in keys]
+  depths = rng.random(num_facts) if depth is None else np.full(num_facts, depth)
+  queries = rng.permutation(num_facts)
+  starts = rng.integers(len(captions), size=length // 8 + 1)
+  filler = [caption_ids(tokenizer, captions[int(i)]) for i in starts]
+  doc = needle_document(vocab, filler, length, facts, depths, queries, weight=weight)
+  return doc, np.stack([facts[q][1] for q in queries])
 
 
 @dataclasses.dataclass
@@ -143,6 +177,7 @@ class MakeDocument(grain.transforms.RandomMap):
   condition_weight: float = 0.0
   needle_fraction: float = 0.0
   needle_lengths: tuple[int, int] = (256, 2048)
+  needle_facts: int = 1
   needle_value_len: int = 2
   needle_weight: float = 1.0
 
@@ -150,24 +185,20 @@ class MakeDocument(grain.transforms.RandomMap):
   def tokenizer(self):
     return tokenizer_lib.load_tokenizer(self.tokenizer_path)
 
-  @functools.cached_property
-  def text_vocab_size(self) -> int:
-    return self.tokenizer.get_vocab_size()
-
-  def caption(self, index: int) -> np.ndarray:
-    return caption_ids(self.tokenizer, self.captions[index])
-
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     if rng.random() < self.needle_fraction:
       # Log-uniform: short haystacks teach retrieval cheaply, long ones keep it working at
       # every length up to the row's.
       low, high = np.log(self.needle_lengths[0]), np.log(self.needle_lengths[1])
       length = int(np.exp(rng.uniform(low, high)))
-      starts = rng.integers(len(self.captions), size=length // 8 + 1)
-      return needle_document(
-          self.vocab, [self.caption(int(i)) for i in starts], length, float(rng.random()),
-          needle_value(rng, self.text_vocab_size, self.needle_value_len),
-          weight=self.needle_weight)
+      # Up to `needle_facts` facts, fewer in short haystacks: facts and questions take at
+      # most half of the document.
+      num_facts = int(np.clip(length // (4 * (self.needle_value_len + 2)), 1,
+                              self.needle_facts))
+      doc, _ = random_needle_document(
+          self.vocab, self.tokenizer, self.captions, rng, length, num_facts=num_facts,
+          value_len=self.needle_value_len, weight=self.needle_weight)
+      return doc
     order = 'video_text' if rng.random() < self.video_text_fraction else 'text_video'
     return clip_document(self.vocab, element['video_tokens'][::self.frame_stride],
                          caption_ids(self.tokenizer, element['caption']), order,
@@ -220,7 +251,8 @@ def make_document_transform(data_config: ml_collections.ConfigDict, tokenizer_fi
       needle_lengths=(lm.needle_min_length, min(lm.needle_max_length or
                                                 data_config.sequence_length,
                                                 data_config.sequence_length)),
-      needle_value_len=lm.needle_value_len, needle_weight=lm.needle_weight)
+      needle_facts=lm.needle_facts, needle_value_len=lm.needle_value_len,
+      needle_weight=lm.needle_weight)
 
 
 def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,

@@ -5,6 +5,8 @@ and run the decoder with plain attention and a KV cache (vidlang_jax/generate.py
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import re
@@ -17,21 +19,38 @@ import numpy as np
 from PIL import Image
 
 from vidlang_jax import generate as generate_lib, registry
-from vidlang_jax.data import moving_shapes, pipeline, sequences, tokenizer as tokenizer_lib
+from vidlang_jax.data import moving_shapes, sequences
 from vidlang_jax.data import video_tokens
 from vidlang_jax.evaluators.reconstruction import image_grid
 from vidlang_jax.losses.language_model import MODALITIES, weighted_next_token_loss
 
 
+@functools.lru_cache(maxsize=2)
+def _session(model, data_config_json: str) -> generate_lib.WorldModelSession:
+  """One session (tokenizers loaded, decode loops compiled once) for all the evaluators of a
+  model; keyed by the data config's JSON since ConfigDicts are not hashable."""
+  return generate_lib.WorldModelSession(
+      model, ml_collections.ConfigDict(json.loads(data_config_json)))
+
+
 class _WorldModelEvaluator:
-  """Shared set-up: vocabulary, caption tokenizer, the test split's token cache."""
+  """Shared set-up: vocabulary, the session (caption + video tokenizers, generator), the test
+  split's token cache."""
 
   def __init__(self, *, model, config: ml_collections.ConfigDict,
                eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     self.model, self.config, self.eval_config, self.mesh = model, config, eval_config, mesh
     self.vocab = sequences.vocabulary(config.data)
-    self.tokenizer = tokenizer_lib.load_tokenizer(pipeline.tokenizer_path(config.data))
     self.stride = config.data.lm.frame_stride
+    self.session  # Built now, so that a missing tokenizer run fails before training.
+
+  @property
+  def session(self) -> generate_lib.WorldModelSession:
+    return _session(self.model, self.config.data.to_json())
+
+  @property
+  def tokenizer(self):
+    return self.session.text_tokenizer
 
   def cache(self) -> video_tokens.TokenCache:
     return video_tokens.token_cache(self.config.data, self.eval_config.split,
@@ -99,32 +118,27 @@ def pad_documents(docs: list[dict[str, np.ndarray]], length: int,
 @registry.register('evaluator.needle')
 class NeedleEvaluator(_WorldModelEvaluator):
   """Needle in a haystack: for every context length x depth, `samples` documents of test
-  captions hiding `<fact> v1 v2`; the model must answer `v1 v2` after the final `<fact>`.
+  captions hiding one fact `<fact> key v1 v2`; the model must answer `v1 v2` to the final
+  question `<fact> key`.
   Writes `needle_<length>_<depth>` (exact-match accuracy), `needle_<length>` and `needle_mean`.
   """
 
-  def __init__(self, **kwargs):
-    super().__init__(**kwargs)
-    self.generator = generate_lib.Generator(self.model)
-
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
-    lm = self.config.data.lm
+    value_len = self.config.data.lm.needle_value_len
     rng = np.random.default_rng(self.eval_config.get('seed', 0))
     captions = self.cache().captions
-    text_vocab = self.tokenizer.get_vocab_size()
     results, by_length = {}, {}
     for length in self.eval_config.lengths:
       for depth in self.eval_config.depths:
         prompts, answers = [], []
         for _ in range(self.eval_config.samples):
-          value = sequences.needle_value(rng, text_vocab, lm.needle_value_len)
-          starts = rng.integers(len(captions), size=length // 8 + 1)
-          doc = sequences.needle_document(
-              self.vocab, [sequences.caption_ids(self.tokenizer, captions[i]) for i in starts],
-              length, depth, value)
-          prompts.append(doc['inputs'][:length - lm.needle_value_len])
-          answers.append(value)
-        generated = self.generator(params, np.stack(prompts), lm.needle_value_len)
+          doc, answer = sequences.random_needle_document(
+              self.vocab, self.tokenizer, captions, rng, length, depth=depth,
+              value_len=value_len)
+          prompts.append(doc['inputs'][:length - value_len])
+          answers.append(answer[0])
+        generated = self.session.generator(params, np.stack(prompts), value_len,
+                                           temperature=0.0)
         accuracy = float(np.mean(np.all(generated == np.stack(answers), axis=1)))
         results[f'needle_{length}_{depth:.2f}'] = accuracy
         by_length.setdefault(length, []).append(accuracy)
@@ -160,10 +174,6 @@ class CaptioningEvaluator(_WorldModelEvaluator):
   clip the video alone cannot single out.
   """
 
-  def __init__(self, **kwargs):
-    super().__init__(**kwargs)
-    self.session = generate_lib.WorldModelSession(self.model, self.config.data)
-
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
     cache = self.cache()
     single = [i for i in range(len(cache)) if cache.labels['num_objects'][i] == 1]
@@ -198,19 +208,15 @@ class TextToVideoEvaluator(_WorldModelEvaluator):
   `t2v_code_accuracy`, the fraction of generated codes equal to the real clip's (a sanity
   number: a caption does not fix where objects start)."""
 
-  def __init__(self, **kwargs):
-    super().__init__(**kwargs)
-    self.session = generate_lib.WorldModelSession(
-        self.model, self.config.data, temperature=self.eval_config.get('temperature', 1.0),
-        top_k=self.eval_config.get('top_k', 0))
-
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
     cache = self.cache()
     count = self.eval_config.num_samples
     real = np.stack([cache[i]['video_tokens'][::self.stride] for i in range(count)])
     # Captions differ in length: one prompt per call.
-    samples = np.stack([self.session.video_codes(params, cache.captions[i], jax.random.key(i))
-                        for i in range(count)])
+    samples = np.stack([self.session.video_codes(
+        params, cache.captions[i], jax.random.key(i),
+        temperature=self.eval_config.get('temperature', 1.0),
+        top_k=self.eval_config.get('top_k', 0)) for i in range(count)])
     if jax.process_index() == 0:
       os.makedirs(os.path.join(workdir, 't2v'), exist_ok=True)
       Image.fromarray(image_grid(self.session.frames(real), self.session.frames(samples))).save(
