@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name='video_tokenizer', channels=(128, 256, 256, 512), levels=(8, 8, 8, 5, 5, 5)))
   c.data.image_size = 256
-  c.loss = ml_collections.ConfigDict()
+  # Objects cover a few percent of moving_shapes' pixels: weigh them up (see the objective).
+  c.loss = ml_collections.ConfigDict(dict(foreground_weight=10.0))
   c.batch_size = 256
   c.total_steps = arg.steps or 100_000
   c.optimizer.update(dict(learning_rate=3e-4, warmup_steps=2000, weight_decay=0.0))

@@ -38,3 +38,23 @@ def test_tokenizer_shapes_and_detokenize():
   assert int(tokens.max()) < 125
   np.testing.assert_allclose(model.apply(params, tokens, method=model.detokenize), recon,
                              atol=1e-5)
+
+
+
+def test_foreground_weight_makes_object_errors_cost_more():
+  """The same error costs more on the object than on the plain background with the weight,
+  and the same without it."""
+  from vidlang_jax.models.masked_video import MEAN_RGB, STD_RGB
+  from vidlang_jax.models.video_tokenizer import reconstruction_loss
+
+  pixels = np.zeros((1, 1, 8, 8, 3), np.float32)
+  pixels[:, :, 2:4, 2:4] = 1.0  # a white 2x2 object on black
+  video = jnp.asarray((pixels - np.asarray(MEAN_RGB)) / np.asarray(STD_RGB))
+  on_object, on_background = np.zeros_like(pixels), np.zeros_like(pixels)
+  on_object[:, :, 2:4, 2:4] = 0.5
+  on_background[:, :, 5:7, 5:7] = 0.5
+  plain = [float(reconstruction_loss(video + e, video)) for e in (on_object, on_background)]
+  assert plain[0] == plain[1] > 0
+  weighted = [float(reconstruction_loss(video + e, video, 10.0))
+              for e in (on_object, on_background)]
+  assert weighted[0] > 4 * weighted[1]
