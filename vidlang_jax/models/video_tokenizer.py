@@ -129,7 +129,7 @@ def video_tokenizer_objective(model: nn.Module, config: ml_collections.ConfigDic
   `loss.foreground_weight` (default 0): each pixel's squared error weighs
   1 + foreground_weight x its distance from its frame's mean colour (in [0, 1]). Small objects
   on a plain background are a few percent of the pixels, so plain MSE is content to code them
-  as blurred blobs of roughly the right colour; the weight makes their outline matter.
+  as blurred blobs of roughly the right colour; the weight makes their pixels count.
   """
   foreground_weight = config.get('loss', {}).get('foreground_weight', 0.0)
 
