@@ -42,15 +42,9 @@ class _WorldModelEvaluator:
     self.model, self.config, self.eval_config, self.mesh = model, config, eval_config, mesh
     self.vocab = sequences.vocabulary(config.data)
     self.stride = config.data.lm.frame_stride
-    self.session  # Built now, so that a missing tokenizer run fails before training.
-
-  @property
-  def session(self) -> generate_lib.WorldModelSession:
-    return _session(self.model, self.config.data.to_json())
-
-  @property
-  def tokenizer(self):
-    return self.session.text_tokenizer
+    # Built now (shared, see _session), so that a missing tokenizer run fails before training.
+    self.session = _session(model, config.data.to_json())
+    self.tokenizer = self.session.text_tokenizer
 
   def cache(self) -> video_tokens.TokenCache:
     return video_tokens.token_cache(self.config.data, self.eval_config.split,
