@@ -142,6 +142,10 @@ def needle_document(vocab: Vocabulary, filler: Sequence[np.ndarray], length: int
   return next_token_pairs(pairs)
 
 
+# Needle keys and values are drawn from the text ids after the special ones (PAD, UNK, BOS, EOS).
+FIRST_PLAIN_TEXT_ID = len(tokenizer_lib.SPECIAL_TOKENS)
+
+
 def random_needle_document(vocab: Vocabulary, tokenizer, captions: Sequence[str],
                            rng: np.random.Generator, length: int, *, num_facts: int = 1,
                            depth: float | None = None, value_len: int = 2,
@@ -151,8 +155,8 @@ def random_needle_document(vocab: Vocabulary, tokenizer, captions: Sequence[str]
   `[num_facts, value_len]` in the order asked. Training and the needle evaluator both draw
   their haystacks here."""
   text_vocab_size = tokenizer.get_vocab_size()
-  first = len(tokenizer_lib.SPECIAL_TOKENS)
-  keys = rng.choice(np.arange(first, text_vocab_size), size=num_facts, replace=False)
+  keys = rng.choice(np.arange(FIRST_PLAIN_TEXT_ID, text_vocab_size), size=num_facts,
+                    replace=False)
   facts = [(int(k), needle_value(rng, text_vocab_size, value_len)) for k in keys]
   depths = rng.random(num_facts) if depth is None else np.full(num_facts, depth)
   queries = rng.permutation(num_facts)
@@ -208,8 +212,7 @@ class MakeDocument(grain.transforms.RandomMap):
 
 def needle_value(rng: np.random.Generator, text_vocab_size: int, length: int) -> np.ndarray:
   """Random text ids, never the special ones (PAD, UNK, BOS, EOS)."""
-  first = len(tokenizer_lib.SPECIAL_TOKENS)
-  return rng.integers(first, text_vocab_size, size=length).astype(np.int32)
+  return rng.integers(FIRST_PLAIN_TEXT_ID, text_vocab_size, size=length).astype(np.int32)
 
 
 DOCUMENT_KEYS = ('inputs', 'targets', 'weights', 'modality')
