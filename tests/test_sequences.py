@@ -94,7 +94,7 @@ def test_random_needle_document_answers_match_the_facts(tmp_path):
       VOCAB, tokenizer, captions, np.random.default_rng(0), 200, num_facts=3)
   assert len(doc['inputs']) == 199 and answers.shape == (3, 2)
   np.testing.assert_array_equal(doc['targets'][doc['weights'] > 0], answers.reshape(-1))
-  assert (answers >= len(tokenizer_lib.SPECIAL_TOKENS)).all()
+  assert (answers >= sequences.FIRST_PLAIN_TEXT_ID).all()
 
 
 def test_packing_keeps_documents_whole_and_separate():

@@ -28,6 +28,8 @@ from vidlang_jax.data import tokenizer as tokenizer_lib
 TEXT, VIDEO = 0, 1
 SPECIALS = ('vision_start', 'vision_end', 'end_of_frame', 'end_of_video', 'fact')
 ORDERS = ('video_text', 'text_video')
+# Needle keys and values are drawn from the text ids after the special ones (PAD, UNK, BOS, EOS).
+FIRST_PLAIN_TEXT_ID = len(tokenizer_lib.SPECIAL_TOKENS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,10 +142,6 @@ def needle_document(vocab: Vocabulary, filler: Sequence[np.ndarray], length: int
   for question, answer in asked:
     pairs += [(question, TEXT, 0.0), (answer, TEXT, weight)]
   return next_token_pairs(pairs)
-
-
-# Needle keys and values are drawn from the text ids after the special ones (PAD, UNK, BOS, EOS).
-FIRST_PLAIN_TEXT_ID = len(tokenizer_lib.SPECIAL_TOKENS)
 
 
 def random_needle_document(vocab: Vocabulary, tokenizer, captions: Sequence[str],
