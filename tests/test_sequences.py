@@ -95,6 +95,17 @@ def test_random_needle_document_answers_match_the_facts(tmp_path):
   assert len(doc['inputs']) == 199 and answers.shape == (3, 2)
   np.testing.assert_array_equal(doc['targets'][doc['weights'] > 0], answers.reshape(-1))
   assert (answers >= sequences.FIRST_PLAIN_TEXT_ID).all()
+  # Each key occurs twice (fact and question), right after <fact>, and never in the filler
+  # (the captions use 11 of the 60 plain ids: random keys would hit them often).
+  fact = VOCAB.special('fact')
+  for seed in range(20):
+    doc, answers = sequences.random_needle_document(
+        VOCAB, tokenizer, captions, np.random.default_rng(seed), 200, num_facts=3)
+    tokens = np.append(doc['inputs'], doc['targets'][-1])
+    keys = tokens[1:][tokens[:-1] == fact]
+    assert len(keys) == 6 and len(set(keys.tolist())) == 3
+    for key in keys:
+      assert (tokens == key).sum() == 2 + 2 * (answers == key).sum()  # values: fact + answer
 
 
 def test_packing_keeps_documents_whole_and_separate():

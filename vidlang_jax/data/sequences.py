@@ -151,15 +151,22 @@ def random_needle_document(vocab: Vocabulary, tokenizer, captions: Sequence[str]
   """A needle document of random captions with `num_facts` random facts (distinct keys,
   random depths unless `depth` is given) asked in random order; returns it and the answers
   `[num_facts, value_len]` in the order asked. Training and the needle evaluator both draw
-  their haystacks here."""
+  their haystacks here.
+
+  Keys are text ids that occur nowhere in the filler, as LWM's city names do not occur in its
+  essays: a key that is also a caption word would make `<fact> key` the only unambiguous cue.
+  """
   text_vocab_size = tokenizer.get_vocab_size()
-  keys = rng.choice(np.arange(FIRST_PLAIN_TEXT_ID, text_vocab_size), size=num_facts,
-                    replace=False)
+  starts = rng.integers(len(captions), size=length // 8 + 1)
+  filler = [caption_ids(tokenizer, captions[int(i)]) for i in starts]
+  unused = np.setdiff1d(np.arange(FIRST_PLAIN_TEXT_ID, text_vocab_size), np.concatenate(filler))
+  if len(unused) < num_facts:
+    raise ValueError(f'The caption tokenizer has {len(unused)} text ids that the filler does '
+                     f'not use, fewer than the {num_facts} needle keys asked for.')
+  keys = rng.choice(unused, size=num_facts, replace=False)
   facts = [(int(k), needle_value(rng, text_vocab_size, value_len)) for k in keys]
   depths = rng.random(num_facts) if depth is None else np.full(num_facts, depth)
   queries = rng.permutation(num_facts)
-  starts = rng.integers(len(captions), size=length // 8 + 1)
-  filler = [caption_ids(tokenizer, captions[int(i)]) for i in starts]
   doc = needle_document(vocab, filler, length, facts, depths, queries, weight=weight)
   return doc, np.stack([facts[q][1] for q in queries])
 
