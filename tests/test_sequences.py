@@ -96,7 +96,7 @@ def test_random_needle_document_answers_match_the_facts(tmp_path):
   np.testing.assert_array_equal(doc['targets'][doc['weights'] > 0], answers.reshape(-1))
   assert (answers >= sequences.FIRST_PLAIN_TEXT_ID).all()
   # Each key occurs twice (fact and question), right after <fact>, and never in the filler
-  # (the captions use 11 of the 60 plain ids: random keys would hit them often).
+  # (the captions use 13 of the 60 plain ids: random keys would hit them often).
   fact = VOCAB.special('fact')
   for seed in range(20):
     doc, answers = sequences.random_needle_document(
