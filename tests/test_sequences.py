@@ -2,6 +2,7 @@
 first-fit packing (segments, restarting positions, padding without loss), caption parsing."""
 
 import grain
+import ml_collections
 import numpy as np
 import pytest
 
@@ -106,6 +107,68 @@ def test_random_needle_document_answers_match_the_facts(tmp_path):
     assert len(keys) == 6 and len(set(keys.tolist())) == 3
     for key in keys:
       assert (tokens == key).sum() == 2 + 2 * (answers == key).sum()  # values: fact + answer
+
+
+def caption_tokenizer(tmp_path):
+  captions = ['a red circle moves left', 'a small blue square sits still']
+  path = str(tmp_path / 'tokenizer.json')
+  return tokenizer_lib.train_tokenizer(captions * 4, path, vocab_size=64), path, captions
+
+
+def test_edge_fraction_puts_facts_first_or_right_before_the_questions(tmp_path):
+  tokenizer, _, captions = caption_tokenizer(tmp_path)
+  fact = VOCAB.special('fact')
+  for seed in range(10):
+    doc, _ = sequences.random_needle_document(
+        VOCAB, tokenizer, captions, np.random.default_rng(seed), 100, edge_fraction=1.0)
+    tokens = np.append(doc['inputs'], doc['targets'][-1])
+    # One fact `<fact> k v1 v2`, one question `<fact> k`, one answer: 4 + 2 + 2 tokens.
+    assert tokens[0] == fact or tokens[-8] == fact, tokens
+
+
+def test_needle_max_length_follows_the_schedule():
+  schedule = ((100, 128), (300, 512))
+  lengths = [sequences.needle_max_length(s, 1024, schedule) for s in (0, 99, 100, 299, 300)]
+  assert lengths == [128, 128, 512, 512, 1024]
+  assert sequences.needle_max_length(0, 1024) == 1024
+  assert sequences.needle_max_length(0, 64, schedule) == 64  # never above the row's maximum
+
+
+def test_needle_rows_are_full_rows_of_whole_haystacks_following_the_schedule(tmp_path):
+  _, path, captions = caption_tokenizer(tmp_path)
+  make_row = sequences.NeedleRow(
+      VOCAB, path, captions, row_length=512, rows_per_step=2, min_length=32, max_length=512,
+      max_length_schedule=((3, 64),), num_facts=2)
+  longest = {}
+  for index in range(12):
+    row = make_row.random_map(index, np.random.default_rng(index))
+    assert all(len(v) == 512 for v in row.values())
+    segments = row['segment_ids']
+    pad = segments == 0
+    assert pad.sum() < 32 and not pad[:-pad.sum() or None].any()  # padding only at the end
+    assert (row['weights'][pad] == 0).all()
+    lengths = []
+    for segment in np.unique(segments[~pad]):
+      where = segments == segment
+      assert (row['positions'][where] == np.arange(where.sum())).all()
+      # Loss only on the answers: 2 value ids after each question `<fact> key`.
+      assert row['weights'][where].sum() in (2, 4)
+      lengths.append(where.sum() + 1)  # a document of n tokens is n - 1 next-token pairs
+    longest[index // 2] = max(longest.get(index // 2, 0), max(lengths))
+  assert all(longest[step] <= 64 for step in range(3))  # rows 0-5: steps 0-2
+  assert max(longest[step] for step in range(3, 6)) > 64
+
+
+def test_needle_rows_per_batch():
+  config = ml_collections.ConfigDict(dict(lm=dict(needle_fraction=0.25)))
+  assert sequences.needle_rows_per_batch(config, 8) == 2
+  config.lm.needle_fraction = 0.01
+  assert sequences.needle_rows_per_batch(config, 8) == 1  # some needle rows were asked for
+  config.lm.needle_fraction = 0.0
+  assert sequences.needle_rows_per_batch(config, 8) == 0
+  config.lm.needle_fraction = 1.5
+  with pytest.raises(ValueError, match='needle_fraction'):
+    sequences.needle_rows_per_batch(config, 8)
 
 
 def test_packing_keeps_documents_whole_and_separate():

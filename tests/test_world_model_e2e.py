@@ -11,7 +11,7 @@ import numpy as np
 from vidlang_jax import checkpoint as checkpoint_lib
 from vidlang_jax import config as config_lib
 from vidlang_jax import generate, sharding, train
-from vidlang_jax.data import moving_shapes
+from vidlang_jax.data import moving_shapes, sequences
 
 from helpers import eval_json
 
@@ -62,6 +62,16 @@ def test_tokenizer_then_two_lm_stages_then_generate(tiny_data_dir, tmp_path):
   evaluators = train.build_evaluators(stage1_config, train.build_model(stage1_config),
                                       sharding.make_mesh(stage1_config.mesh))
   assert len({id(e.session) for e in evaluators.values()}) == 1
+
+  # The training batches: clip rows, then a quarter of the rows with needle haystacks only;
+  # the iterator restores from its state (the trainer checkpoints it).
+  rows = sequences.train_iterator(stage1_config.data, global_batch_size=8, seed=0)
+  state = rows.get_state()
+  batch = next(rows)
+  has_fact = (batch['inputs'] == sequences.vocabulary(stage1_config.data).special('fact'))
+  np.testing.assert_array_equal(has_fact.any(axis=1), [False] * 6 + [True] * 2)
+  rows.set_state(state)
+  np.testing.assert_array_equal(next(rows)['inputs'], batch['inputs'])
 
   # Stage 2 loads stage 1; with a learning rate of 0 its params stay stage 1's.
   config = small_lm(f'{spec.replace("stage=1", "stage=2")},init={stage1}', tiny_data_dir,

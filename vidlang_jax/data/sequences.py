@@ -10,6 +10,8 @@ Every document becomes next-token pairs (`inputs`, `targets`) with per-target `w
 modality's loss weight; 0 on the conditioning part unless configured) and `modality` (0 text,
 1 video), then grain's first-fit packing fills fixed-length rows, adding `segment_ids` (0 is
 padding, which therefore carries no loss) and `positions` that restart in every document.
+Needle documents fill their own rows (`NeedleRow`), a fixed share of every batch, so that
+their haystack lengths can follow a schedule over training steps.
 """
 
 from __future__ import annotations
@@ -147,11 +149,16 @@ def needle_document(vocab: Vocabulary, filler: Sequence[np.ndarray], length: int
 def random_needle_document(vocab: Vocabulary, tokenizer, captions: Sequence[str],
                            rng: np.random.Generator, length: int, *, num_facts: int = 1,
                            depth: float | None = None, value_len: int = 2,
-                           weight: float = 1.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                           weight: float = 1.0, edge_fraction: float = 0.0
+                           ) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """A needle document of random captions with `num_facts` random facts (distinct keys,
   random depths unless `depth` is given) asked in random order; returns it and the answers
   `[num_facts, value_len]` in the order asked. Training and the needle evaluator both draw
   their haystacks here.
+
+  A random depth is exactly 0 or 1 with probability `edge_fraction` (half each): uniform
+  depths almost never put a fact first in the document or right before the questions, the
+  two depths the evaluator asks that a model trained on uniform depths missed.
 
   Keys are text ids that occur nowhere in the filler, as LWM's city names do not occur in its
   essays: a key that is also a caption word would make `<fact> key` the only unambiguous cue.
@@ -165,54 +172,108 @@ def random_needle_document(vocab: Vocabulary, tokenizer, captions: Sequence[str]
                      f'not use, fewer than the {num_facts} needle keys asked for.')
   keys = rng.choice(unused, size=num_facts, replace=False)
   facts = [(int(k), needle_value(rng, text_vocab_size, value_len)) for k in keys]
-  depths = rng.random(num_facts) if depth is None else np.full(num_facts, depth)
+  if depth is None:
+    depths = rng.random(num_facts)
+    at_edge = rng.random(num_facts) < edge_fraction
+    depths[at_edge] = rng.integers(0, 2, size=at_edge.sum())
+  else:
+    depths = np.full(num_facts, depth)
   queries = rng.permutation(num_facts)
   doc = needle_document(vocab, filler, length, facts, depths, queries, weight=weight)
   return doc, np.stack([facts[q][1] for q in queries])
 
 
 @dataclasses.dataclass
-class MakeDocument(grain.transforms.RandomMap):
-  """A cached clip -> one document: a needle document with probability `needle_fraction`,
-  else the clip in a random order (`video_text_fraction` of them captioning)."""
+class _TextTransform(grain.transforms.RandomMap):
+  """A grain transform that writes text: it loads the caption tokenizer once per worker."""
 
   vocab: Vocabulary
   tokenizer_path: str
-  captions: Sequence[str]
-  frame_stride: int = 1
-  video_text_fraction: float = 0.5
-  text_weight: float = 1.0
-  video_weight: float = 1.0
-  condition_weight: float = 0.0
-  needle_fraction: float = 0.0
-  needle_lengths: tuple[int, int] = (256, 2048)
-  needle_facts: int = 1
-  needle_value_len: int = 2
-  needle_weight: float = 1.0
 
   @functools.cached_property
   def tokenizer(self):
     return tokenizer_lib.load_tokenizer(self.tokenizer_path)
 
+
+@dataclasses.dataclass
+class MakeDocument(_TextTransform):
+  """A cached clip -> one document in a random order (`video_text_fraction` of them
+  captioning)."""
+
+  frame_stride: int = 1
+  video_text_fraction: float = 0.5
+  text_weight: float = 1.0
+  video_weight: float = 1.0
+  condition_weight: float = 0.0
+
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    if rng.random() < self.needle_fraction:
-      # Log-uniform: short haystacks teach retrieval cheaply, long ones keep it working at
-      # every length up to the row's.
-      low, high = np.log(self.needle_lengths[0]), np.log(self.needle_lengths[1])
-      length = int(np.exp(rng.uniform(low, high)))
-      # Up to `needle_facts` facts, fewer in short haystacks: facts and questions take at
-      # most half of the document.
-      num_facts = int(np.clip(length // (4 * (self.needle_value_len + 2)), 1,
-                              self.needle_facts))
-      doc, _ = random_needle_document(
-          self.vocab, self.tokenizer, self.captions, rng, length, num_facts=num_facts,
-          value_len=self.needle_value_len, weight=self.needle_weight)
-      return doc
     order = 'video_text' if rng.random() < self.video_text_fraction else 'text_video'
     return clip_document(self.vocab, element['video_tokens'][::self.frame_stride],
                          caption_ids(self.tokenizer, element['caption']), order,
                          text_weight=self.text_weight, video_weight=self.video_weight,
                          condition_weight=self.condition_weight)
+
+
+def needle_max_length(step: int, max_length: int,
+                      schedule: Sequence[tuple[int, int]] = ()) -> int:
+  """The longest training haystack at `step`: `schedule` is ((until_step, max_length), ...)
+  in increasing steps, then `max_length`. Short haystacks first form the retrieval circuit
+  cheaply (many answers per token); the long ones then extend it to every depth."""
+  for until_step, length in schedule:
+    if step < until_step:
+      return min(length, max_length)
+  return max_length
+
+
+@dataclasses.dataclass
+class NeedleRow(_TextTransform):
+  """A row index -> one packed row of needle documents (same keys as the packed clip rows).
+
+  Needle rows are built whole, not packed with the clips, so that the row index gives the
+  training step exactly (`rows_per_step` needle rows in every batch) and the haystack lengths
+  can follow `max_length_schedule`. Lengths are log-uniform in [`min_length`, the step's
+  maximum], a haystack longer than the room left is shortened to fit, and a remainder under
+  `min_length` is padding.
+  """
+
+  captions: Sequence[str]
+  row_length: int
+  rows_per_step: int
+  min_length: int = 256
+  max_length: int = 2048
+  max_length_schedule: Sequence[tuple[int, int]] = ()
+  num_facts: int = 1
+  value_len: int = 2
+  weight: float = 1.0
+  edge_fraction: float = 0.0
+
+  def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    longest = max(self.min_length, needle_max_length(
+        int(index) // self.rows_per_step, self.max_length, self.max_length_schedule))
+    docs, free = [], self.row_length
+    while free + 1 >= self.min_length:  # a document of n tokens takes n - 1 pairs
+      # Log-uniform: at every scale the same share of haystacks.
+      length = int(np.exp(rng.uniform(np.log(self.min_length), np.log(longest))))
+      length = min(length, free + 1)
+      # Up to `num_facts` facts, fewer in short haystacks: facts and questions take at most
+      # half of the document.
+      num_facts = int(np.clip(length // (4 * (self.value_len + 2)), 1, self.num_facts))
+      doc, _ = random_needle_document(
+          self.vocab, self.tokenizer, self.captions, rng, length, num_facts=num_facts,
+          value_len=self.value_len, weight=self.weight, edge_fraction=self.edge_fraction)
+      docs.append(doc)
+      free -= len(doc['inputs'])
+    row = {k: np.zeros(self.row_length, np.float32 if k == 'weights' else np.int32)
+           for k in (*DOCUMENT_KEYS, 'segment_ids', 'positions')}
+    start = 0
+    for segment, doc in enumerate(docs, start=1):
+      end = start + len(doc['inputs'])
+      for k in DOCUMENT_KEYS:
+        row[k][start:end] = doc[k]
+      row['segment_ids'][start:end] = segment
+      row['positions'][start:end] = np.arange(end - start)
+      start = end
+    return row
 
 
 def needle_value(rng: np.random.Generator, text_vocab_size: int, length: int) -> np.ndarray:
@@ -248,41 +309,69 @@ def packed_dataset(documents: grain.IterDataset, sequence_length: int, *, num_bi
   return packed.map(_to_row)
 
 
-def make_document_transform(data_config: ml_collections.ConfigDict, tokenizer_file: str,
-                            captions: Sequence[str]) -> MakeDocument:
+def make_document_transform(data_config: ml_collections.ConfigDict,
+                            tokenizer_file: str) -> MakeDocument:
   lm = data_config.lm
   return MakeDocument(
-      vocab=vocabulary(data_config), tokenizer_path=tokenizer_file, captions=captions,
+      vocab=vocabulary(data_config), tokenizer_path=tokenizer_file,
       frame_stride=lm.frame_stride, video_text_fraction=lm.video_text_fraction,
       text_weight=lm.text_weight, video_weight=lm.video_weight,
-      condition_weight=lm.condition_weight, needle_fraction=lm.needle_fraction,
-      needle_lengths=(lm.needle_min_length, min(lm.needle_max_length or
-                                                data_config.sequence_length,
-                                                data_config.sequence_length)),
-      needle_facts=lm.needle_facts, needle_value_len=lm.needle_value_len,
-      needle_weight=lm.needle_weight)
+      condition_weight=lm.condition_weight)
+
+
+def needle_rows_per_batch(data_config: ml_collections.ConfigDict, batch_size: int) -> int:
+  """`data.lm.needle_fraction` of a (process's) batch's rows, at least one if it is > 0."""
+  fraction = data_config.lm.needle_fraction
+  if not 0 <= fraction <= 1:
+    raise ValueError(f'data.lm.needle_fraction={fraction} must be in [0, 1].')
+  return 0 if fraction == 0 else int(np.clip(round(fraction * batch_size), 1, batch_size))
+
+
+def make_needle_row_transform(data_config: ml_collections.ConfigDict, tokenizer_file: str,
+                              captions: Sequence[str], rows_per_step: int) -> NeedleRow:
+  lm = data_config.lm
+  length = data_config.sequence_length
+  return NeedleRow(
+      vocab=vocabulary(data_config), tokenizer_path=tokenizer_file, captions=captions,
+      row_length=length, rows_per_step=rows_per_step, min_length=lm.needle_min_length,
+      max_length=min(lm.needle_max_length or length, length),
+      max_length_schedule=tuple(tuple(p) for p in lm.needle_max_length_schedule),
+      num_facts=lm.needle_facts, value_len=lm.needle_value_len, weight=lm.needle_weight,
+      edge_fraction=lm.needle_edge_fraction)
 
 
 def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
                    seed: int) -> grain.DatasetIterator:
-  """Infinite, checkpointable iterator of packed rows for this process."""
+  """Infinite, checkpointable iterator of packed rows for this process: rows of clip
+  documents, then `needle_fraction` of each batch's rows filled with needle documents."""
   from vidlang_jax.data import pipeline, video_tokens
 
   if global_batch_size % jax.process_count():
     raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
                      f'{jax.process_count()} processes.')
+  batch_size = global_batch_size // jax.process_count()
+  needle_rows = needle_rows_per_batch(data_config, batch_size)
   tokenizer_file = pipeline.tokenizer_path(data_config)
   cache = video_tokens.token_cache(data_config, data_config.train_split,
                                    data_config.lm.max_train_clips or None)
-  ds = grain.MapDataset.source(cache)[jax.process_index()::jax.process_count()]
-  ds = ds.shuffle(seed=seed).repeat()
-  ds = ds.random_map(make_document_transform(data_config, tokenizer_file, cache.captions),
-                     seed=seed + 1)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
-                                            prefetch_buffer_size=data_config.prefetch))
-  ds = packed_dataset(ds, data_config.sequence_length, num_bins=data_config.lm.packing_bins,
-                      seed=seed + 2)
-  ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
+  read = grain.ReadOptions(num_threads=data_config.num_threads,
+                           prefetch_buffer_size=data_config.prefetch)
+  streams = []
+  if needle_rows < batch_size:
+    ds = grain.MapDataset.source(cache)[jax.process_index()::jax.process_count()]
+    ds = ds.shuffle(seed=seed).repeat()
+    ds = ds.random_map(make_document_transform(data_config, tokenizer_file), seed=seed + 1)
+    ds = packed_dataset(ds.to_iter_dataset(read), data_config.sequence_length,
+                        num_bins=data_config.lm.packing_bins, seed=seed + 2)
+    streams.append(ds.batch(batch_size - needle_rows, drop_remainder=True))
+  if needle_rows:
+    # Row index r is in the batch of step r // needle_rows: the length schedule follows steps.
+    ds = grain.MapDataset.range(0, 1 << 62).random_map(
+        make_needle_row_transform(data_config, tokenizer_file, cache.captions, needle_rows),
+        seed=seed + 3 + jax.process_index())
+    streams.append(ds.to_iter_dataset(read).batch(needle_rows, drop_remainder=True))
+  ds = grain.experimental.ZipIterDataset(streams).map(
+      lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
   ds = ds.map(lambda batch: dict(batch, num_skipped=np.zeros((len(batch['inputs']),), np.int32)))
   return iter(ds)
 
