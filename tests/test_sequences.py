@@ -124,6 +124,18 @@ def test_edge_fraction_puts_facts_first_or_right_before_the_questions(tmp_path):
     tokens = np.append(doc['inputs'], doc['targets'][-1])
     # One fact `<fact> k v1 v2`, one question `<fact> k`, one answer: 4 + 2 + 2 tokens.
     assert tokens[0] == fact or tokens[-8] == fact, tokens
+  # With several facts, one at depth 1 is asked first: it sits right before its question.
+  ends = 0
+  for seed in range(20):
+    doc, answers = sequences.random_needle_document(
+        VOCAB, tokenizer, captions, np.random.default_rng(seed), 100, num_facts=3,
+        edge_fraction=1.0)
+    tokens = np.append(doc['inputs'], doc['targets'][-1])
+    questions = len(tokens) - 3 * 4  # 3 questions `<fact> k v1 v2`
+    if tokens[questions - 4] == fact:  # a fact ends the filler
+      ends += 1
+      np.testing.assert_array_equal(tokens[questions - 4:questions], tokens[questions:questions + 4])
+  assert ends > 10
 
 
 def test_needle_max_length_follows_the_schedule():
