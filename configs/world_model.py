@@ -108,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = arg.steps or (350, 40, 30)[arg.stage - 1]
     if arg.stage == 1:
       # Haystacks of <= 128 tokens for 80 % of the steps: a needle-only run formed the
-      # retrieval circuit at ~1,100 steps this way and at 1K was still at a uniform guess
+      # retrieval circuit at ~700-1,100 steps this way and at 1K was still at a uniform guess
       # after 350 steps of 64-1K haystacks (README, "Needle curriculum").
       c.data.lm.needle_max_length_schedule = ((int(0.8 * c.total_steps), 128),)
     c.optimizer.update(dict(learning_rate=3e-3 if arg.stage == 1 else 1e-3,

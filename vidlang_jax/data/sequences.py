@@ -158,10 +158,10 @@ def random_needle_document(vocab: Vocabulary, tokenizer, captions: Sequence[str]
 
   A random depth is exactly 0 or 1 with probability `edge_fraction` (half each): uniform
   depths almost never put a fact first in the document or right before the questions, two
-  depths the evaluator asks. The fact at depth 1 is asked first, so that it sits right before
-  its own question as in the evaluator; asked later, it is just another earlier answer, and a
-  model trained on that learns to never copy from the 4 tokens before a question (retrieval at
-  depth 1 was 0.34 where depth 0.98 was 0.94).
+  depths the evaluator asks. The fact at depth 1 is asked first, so that training holds the
+  evaluator's depth-1 case, the fact right before its own question. Depth 1 is still the one
+  depth not learned (README, "Needle curriculum"): in the questions the token 3 before an
+  answer is the previous answer, never the right one, and at depth 1 it is the right one.
 
   Keys are text ids that occur nowhere in the filler, as LWM's city names do not occur in its
   essays: a key that is also a caption word would make `<fact> key` the only unambiguous cue.
