@@ -86,11 +86,14 @@ def test_needle_document_with_several_facts_asks_each():
     sequences.needle_document(VOCAB, filler, 24, facts, [0.1, 0.5, 0.9], [0, 1, 2])
 
 
-def test_random_needle_document_answers_match_the_facts(tmp_path):
-  tokenizer = tokenizer_lib.train_tokenizer(
-      ['a red circle moves left', 'a small blue square sits still'] * 4,
-      str(tmp_path / 'tokenizer.json'), vocab_size=64)
+def caption_tokenizer(tmp_path):
   captions = ['a red circle moves left', 'a small blue square sits still']
+  path = str(tmp_path / 'tokenizer.json')
+  return tokenizer_lib.train_tokenizer(captions * 4, path, vocab_size=64), path, captions
+
+
+def test_random_needle_document_answers_match_the_facts(tmp_path):
+  tokenizer, _, captions = caption_tokenizer(tmp_path)
   doc, answers = sequences.random_needle_document(
       VOCAB, tokenizer, captions, np.random.default_rng(0), 200, num_facts=3)
   assert len(doc['inputs']) == 199 and answers.shape == (3, 2)
@@ -107,12 +110,6 @@ def test_random_needle_document_answers_match_the_facts(tmp_path):
     assert len(keys) == 6 and len(set(keys.tolist())) == 3
     for key in keys:
       assert (tokens == key).sum() == 2 + 2 * (answers == key).sum()  # values: fact + answer
-
-
-def caption_tokenizer(tmp_path):
-  captions = ['a red circle moves left', 'a small blue square sits still']
-  path = str(tmp_path / 'tokenizer.json')
-  return tokenizer_lib.train_tokenizer(captions * 4, path, vocab_size=64), path, captions
 
 
 def test_edge_fraction_puts_facts_first_or_right_before_the_questions(tmp_path):
