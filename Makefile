@@ -1,11 +1,12 @@
-# make demo | make test | make test-all | make bench — each creates .venv and installs on first use.
+# make demo | make test | make test-all | make bench | make lint — each creates .venv and installs
+# on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo test test-all bench lint clean
 
 venv: $(STAMP)
 
@@ -30,6 +31,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+# Lint only (rules in ruff.toml); the code is not `ruff format`-clean, so no format check.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -6,20 +6,22 @@
 Arguments (comma separated): `tiny` | `base`, `steps=N`. `tiny` codes each 32x32 frame as 8x8
 tokens from a 1,000-code vocabulary (FSQ levels 8,5,5,5); `base` codes 256x256 frames as 16x16
 tokens from 64,000 codes (levels 8,8,8,5,5,5), as LWM's VQGAN does.
-"""
 
-import os
+Expected (tiny, 2 CPU cores, 300 steps): tokenizer PSNR ~25.9 dB, 82 % of the codes used
+(docs/results.md).
+"""
 
 import ml_collections
 
-from vidlang_jax.config import from_file, parse_arg
+from vidlang_jax.config import import_sibling, parse_arg
+
+common = import_sibling(__file__, 'common')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, tiny=False, base=False, steps=0)
-  c = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'two_tower.py'),
-                'tiny' if arg.tiny else 'base')
-  c.objective = 'video_tokenizer'
+  c = common.trainer('video_tokenizer')
+  c.data = common.clip_data(arg.tiny)
   c.model = ml_collections.ConfigDict(dict(
       name='video_tokenizer', channels=(128, 256, 256, 512), levels=(8, 8, 8, 5, 5, 5)))
   c.data.image_size = 256
@@ -27,8 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(foreground_weight=10.0))
   c.batch_size = 256
   c.total_steps = arg.steps or 100_000
-  c.optimizer.update(dict(learning_rate=3e-4, warmup_steps=2000, weight_decay=0.0))
-  c.evals = ml_collections.ConfigDict()
+  c.optimizer = common.optimizer(learning_rate=3e-4, warmup_steps=2000, weight_decay=0.0)
   c.evals.tokenizer = ml_collections.ConfigDict(dict(type='tokenizer', split='test',
                                                      num_examples=1024, batch_size=256))
   if arg.tiny:
@@ -41,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.total_steps = arg.steps or 300
     c.optimizer.update(dict(learning_rate=2e-3, warmup_steps=50))
+    c.log_every = 20
     c.checkpoint_every = 500
     c.eval_every = 10_000
     c.evals.tokenizer.update(dict(num_examples=500, batch_size=100))

@@ -26,12 +26,12 @@ blockwise attention that skips future tiles and tiles of different packed docume
 faster than plain attention on 1K rows and 11x on 4K, see benchmarks/world_model_step.py).
 """
 
-import os
-
 import ml_collections
 
-from vidlang_jax.config import ConfigError, from_file, parse_arg
+from vidlang_jax.config import ConfigError, import_sibling, parse_arg
 from vidlang_jax.data.sequences import SPECIALS
+
+common = import_sibling(__file__, 'common')
 
 # Context length and RoPE theta per stage (theta grows with the context, as in LWM).
 TINY_STAGES = ((1024, 10_000.0), (4096, 40_000.0), (8192, 80_000.0))
@@ -46,9 +46,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if not 1 <= arg.stage <= len(stages):
     raise ConfigError(f'stage={arg.stage}: this config has stages 1..{len(stages)}.')
   length, theta = stages[arg.stage - 1]
-  c = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'two_tower.py'),
-                'tiny' if arg.tiny else 'base')
-  c.objective = 'world_model'
+  c = common.trainer('world_model')
+  data = common.clip_data(arg.tiny)  # the clips behind the token cache; no augmentation
+  c.data = ml_collections.ConfigDict({k: data[k] for k in (
+      'name', 'data_dir', 'builder_kwargs', 'train_split', 'num_frames', 'image_size',
+      'max_text_len', 'vocab_size', 'num_workers', 'num_threads', 'prefetch')})
   c.loss = ml_collections.ConfigDict()
   c.sequence_layout = 'zigzag'  # with ring attention: load-balanced causal work
   c.init_from.path = arg.init
@@ -60,7 +62,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.video_tokenizer = arg.tokenizer or 'runs/tokenizer_tiny'
   c.data.num_codes = 64_000  # the base tokenizer's FSQ levels (8, 8, 8, 5, 5, 5)
   c.data.sequence_length = length
-  c.data.label_keys = ()
   c.data.lm = ml_collections.ConfigDict(dict(
       frame_stride=1,             # use every `frame_stride`-th cached frame
       video_text_fraction=0.5,    # captioning documents; the rest are text -> video
@@ -81,13 +82,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       scan=True, remat=True, dtype='bfloat16'))
   c.batch_size = max(1, 4 * 1024 * 1024 // length)  # ~4M tokens per step
   c.total_steps = arg.steps or 10_000
-  c.optimizer.update(dict(learning_rate=4e-4 if arg.stage == 1 else 4e-5, warmup_steps=500,
-                          weight_decay=0.0, weight_decay_rules=r'.*kernel'))
-  c.evals = ml_collections.ConfigDict()
+  c.optimizer = common.optimizer(learning_rate=4e-4 if arg.stage == 1 else 4e-5,
+                                 warmup_steps=500, weight_decay=0.0,
+                                 weight_decay_rules=r'.*kernel')
   c.evals.perplexity = ml_collections.ConfigDict(dict(type='lm_perplexity', split='test',
                                                       num_examples=500, batch_size=32))
-  c.evals.captioning = ml_collections.ConfigDict(dict(type='captioning', split='test',
-                                                      num_examples=1000, batch_size=64))
+  c.evals.captioning = ml_collections.ConfigDict(dict(
+      type='captioning', split='test', num_examples=1000, batch_size=64,
+      subset=common.moving_shapes_subset(c.data.name), joint=[('shape', 'motion')]))
   trained = [n for n, _ in stages[:arg.stage]]
   c.evals.needle = ml_collections.ConfigDict(dict(
       type='needle', split='test', lengths=trained, depths=(0.0, 0.25, 0.5, 0.75, 1.0),
@@ -109,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.stage == 1:
       # Haystacks of <= 128 tokens for 80 % of the steps: a needle-only run formed the
       # retrieval circuit at ~700-1,100 steps this way and at 1K was still at a uniform guess
-      # after 350 steps of 64-1K haystacks (README, "Needle curriculum").
+      # after 350 steps of 64-1K haystacks (docs/results.md, "Needle curriculum").
       c.data.lm.needle_max_length_schedule = ((int(0.8 * c.total_steps), 128),)
     c.optimizer.update(dict(learning_rate=3e-3 if arg.stage == 1 else 1e-3,
                             warmup_steps=(60, 10, 5)[arg.stage - 1]))

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from vidlang_jax import pixels
 from vidlang_jax.data import builders, pipeline
 from vidlang_jax.data import tokenizer as tokenizer_lib
 
@@ -29,7 +30,7 @@ def test_train_batches_shapes_and_dtypes(tiny_data_dir):
   assert ((batch['text'] == tokenizer_lib.EOS_ID).sum(axis=1) == 1).all()
   assert batch['num_skipped'].sum() == 0
   # Normalised pixels: black background is (0 - mean) / std, shapes are brighter.
-  background = (0 - pipeline.MEAN_RGB) / pipeline.STD_RGB
+  background = (0 - pixels.MEAN_RGB) / pixels.STD_RGB
   np.testing.assert_allclose(np.median(batch['video'], axis=(0, 1, 2, 3)), background, atol=0.05)
   assert batch['video'].max() > 1.0
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vidlang_jax.data import moving_shapes, sequences, tokenizer as tokenizer_lib
-from vidlang_jax.evaluators.world_model import parse_caption
+from vidlang_jax.data.moving_shapes import parse_caption
 
 VOCAB = sequences.Vocabulary(text_size=50, num_codes=20)
 

@@ -44,7 +44,7 @@ def test_tokenizer_shapes_and_detokenize():
 def test_foreground_weight_makes_object_errors_cost_more():
   """The same error costs more on the object than on the plain background with the weight,
   and the same without it."""
-  from vidlang_jax.models.masked_video import MEAN_RGB, STD_RGB
+  from vidlang_jax.pixels import MEAN_RGB, STD_RGB
   from vidlang_jax.models.video_tokenizer import reconstruction_loss
 
   pixels = np.zeros((1, 1, 8, 8, 3), np.float32)

@@ -56,6 +56,18 @@ def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
+def import_sibling(config_file: str, name: str) -> Any:
+  """The module `name`.py next to `config_file` (e.g. configs/common.py): how configs share
+  pieces without being a package or depending on the working directory."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path!r} does not exist (imported by {config_file}).')
+  module_spec = importlib.util.spec_from_file_location(f'_vidlang_config_{name}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load(spec: str, overrides: Mapping[str, str] | Sequence[str] = ()) -> ml_collections.ConfigDict:
   """`configs/two_tower.py:tiny` (+ overrides like `total_steps=10`) -> validated ConfigDict."""
   path, _, arg = spec.partition(':')

@@ -8,11 +8,19 @@ in between, so every sample decodes to frames.
 
 from __future__ import annotations
 
+import os
+import sys
+
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
-from vidlang_jax.data import sequences
+from vidlang_jax import checkpoint, inputs, registry
+from vidlang_jax.data import pipeline, sequences, tokenizer as tokenizer_lib
+from vidlang_jax.data import video as video_lib
+from vidlang_jax.pixels import image_grid, pixels_01
 
 
 def sample_token(logits: jax.Array, rng: jax.Array, temperature: float, top_k: int,
@@ -106,10 +114,9 @@ def text_constraints(vocab: sequences.Vocabulary, length: int) -> np.ndarray:
 
 def text_until_eos(ids: np.ndarray) -> list[int]:
   """Generated ids up to (not including) the first EOS."""
-  from vidlang_jax.data.tokenizer import EOS_ID
-
+  eos = tokenizer_lib.EOS_ID
   ids = list(int(i) for i in ids)
-  return ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
+  return ids[:ids.index(eos)] if eos in ids else ids
 
 
 class WorldModelSession:
@@ -118,12 +125,10 @@ class WorldModelSession:
   temperature and top-k unless a call gives its own), given the LM's params."""
 
   def __init__(self, model, data_config, *, temperature: float = 1.0, top_k: int = 0):
-    from vidlang_jax.data import pipeline, tokenizer as tokenizer_lib, video_tokens
-
     self.data_config = data_config
     self.vocab = sequences.vocabulary(data_config)
     self.text_tokenizer = tokenizer_lib.load_tokenizer(pipeline.tokenizer_path(data_config))
-    self.video_tokenizer, self.video_tokenizer_params, _, _ = video_tokens.load_tokenizer_run(
+    self.video_tokenizer, self.video_tokenizer_params, _, _ = inputs.load_tokenizer_run(
         data_config.video_tokenizer)
     self.generator = Generator(model, temperature=temperature, top_k=top_k)
     self.stride = data_config.lm.frame_stride
@@ -132,8 +137,6 @@ class WorldModelSession:
 
   def tokenize_mp4(self, mp4: bytes, name: str = 'video') -> np.ndarray:
     """mp4 bytes -> codes `[time, h, w]` (frames sampled and cropped as in evaluation)."""
-    from vidlang_jax.data import pipeline
-
     decode = pipeline.DecodeVideo(self.data_config.num_frames, self.data_config.image_size,
                                   train=False)
     out = decode.random_map({'video': mp4, 'video_id': name}, np.random.default_rng(0))
@@ -146,10 +149,8 @@ class WorldModelSession:
   def captions(self, params, clip_tokens: np.ndarray) -> list[str]:
     """Greedy captions of `[batch, time, h, w]` cached codes (all frames; the stride is
     applied here)."""
-    from vidlang_jax.data.tokenizer import BOS_ID
-
     prompts = np.stack([np.concatenate([sequences.video_part(self.vocab, t[::self.stride]),
-                                        [BOS_ID]]) for t in clip_tokens])
+                                        [tokenizer_lib.BOS_ID]]) for t in clip_tokens])
     length = self.data_config.max_text_len
     ids = self.generator(params, prompts, length, allowed=text_constraints(self.vocab, length),
                          temperature=0.0)
@@ -168,8 +169,46 @@ class WorldModelSession:
 
   def frames(self, codes: np.ndarray) -> np.ndarray:
     """Codes `[batch, time, h, w]` -> frames `[batch, time, size, size, 3]` in [0, 1]."""
-    from vidlang_jax.models.masked_video import pixels_01
-
     recon = self.video_tokenizer.apply({'params': self.video_tokenizer_params},
                                        jnp.asarray(codes), method='detokenize')
     return np.clip(np.asarray(pixels_01(recon)), 0.0, 1.0)
+
+
+_PROMPT = flags.DEFINE_string('prompt', None, 'generate: a caption to turn into video.')
+_VIDEO = flags.DEFINE_string('video', None, 'generate: an mp4 file to caption.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 4, 'generate: videos sampled per prompt.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'generate: sampling temperature '
+                                  '(0 = greedy) for text -> video.')
+_TOP_K = flags.DEFINE_integer('top_k', 50, 'generate: sample among the k likeliest codes.')
+
+
+@registry.register('command.generate')
+def generate_command(config, workdir: str, model) -> None:
+  """`vidlang generate`, the world model both ways: caption an mp4 (`--video`) or sample clips
+  for a caption (`--prompt`), saved as mp4 and a PNG strip under `workdir/generate/`."""
+  if config.objective != 'world_model':
+    sys.exit(f'error: generate needs a world_model config, got objective={config.objective!r}.')
+  if bool(_PROMPT.value) == bool(_VIDEO.value):
+    sys.exit('error: generate needs exactly one of --prompt "caption" or --video file.mp4.')
+  params, name = checkpoint.read_params_tree(workdir)
+  session = WorldModelSession(model, config.data, temperature=_TEMPERATURE.value,
+                              top_k=_TOP_K.value)
+  if _VIDEO.value:
+    if not os.path.exists(_VIDEO.value):
+      sys.exit(f'error: --video {_VIDEO.value!r} does not exist.')
+    with open(_VIDEO.value, 'rb') as f:
+      tokens = session.tokenize_mp4(f.read(), _VIDEO.value)
+    print(f'{_VIDEO.value}: {session.captions(params, tokens[None])[0]}')
+    return
+  out_dir = os.path.join(workdir, 'generate')
+  os.makedirs(out_dir, exist_ok=True)
+  slug = '_'.join(_PROMPT.value.lower().split())[:60]
+  codes = np.stack([session.video_codes(params, _PROMPT.value, jax.random.key(i))
+                    for i in range(_NUM_SAMPLES.value)])
+  frames = session.frames(codes)  # [samples, time, size, size, 3]
+  Image.fromarray(image_grid(frames)).save(os.path.join(out_dir, f'{slug}.png'))
+  for i, clip in enumerate(frames):
+    with open(os.path.join(out_dir, f'{slug}_{i}.mp4'), 'wb') as f:
+      f.write(video_lib.encode_mp4((clip * 255 + 0.5).astype(np.uint8), fps=4))
+  print(f'{_NUM_SAMPLES.value} clips for {_PROMPT.value!r} from {name}: {out_dir}/{slug}*.mp4 '
+        f'and {slug}.png (one row per sample).')

@@ -1,4 +1,5 @@
-"""One registry for models, losses, evaluators, datasets and masks, looked up by name.
+"""One registry for models, objectives, losses, evaluators, datasets, masks, input formats and
+CLI commands, looked up by name.
 
 Names are `<kind>.<name>`, e.g. `model.two_tower`, `loss.sigmoid`, `dataset.moving_shapes`.
 Lookup strings may carry call syntax, `loss.sigmoid(batch_axes=('data',))`, parsed with `ast` so
@@ -81,5 +82,7 @@ def _import_builtins() -> None:
       'vidlang_jax.evaluators.world_model',
       'vidlang_jax.data.builders',
       'vidlang_jax.masking',
+      'vidlang_jax.inputs',
+      'vidlang_jax.generate',
   ):
     importlib.import_module(module)

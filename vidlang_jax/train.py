@@ -23,8 +23,9 @@ import optax
 import tqdm
 
 from vidlang_jax import checkpoint as checkpoint_lib
-from vidlang_jax import registry, sharding
-from vidlang_jax.data import pipeline
+from vidlang_jax import inputs, registry, sharding
+from vidlang_jax.data import builders
+from vidlang_jax.evaluators import common as evaluators_common
 from vidlang_jax.metrics import MetricWriter, to_python
 from vidlang_jax.optimizer import make_optimizer
 
@@ -32,7 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """`model.<config.model.name>(**config.model)`; a `num_classes` {label: count} entry of 0
+  takes the class count of the dataset's `<label>_label` feature."""
   kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+  if any(count == 0 for count in (kwargs.get('num_classes') or {}).values()):
+    data = config.data
+    builder = builders.prepare(data.name, data.get('data_dir'), **data.get('builder_kwargs', {}))
+    kwargs['num_classes'] = builders.num_classes(builder, kwargs['num_classes'])
   return registry.lookup(config.model.name, kind='model')(**kwargs)
 
 
@@ -112,7 +119,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   model = build_model(config)
   objective = registry.lookup(config.objective, kind='objective')(model, config)
   tx, schedule = make_optimizer(config.optimizer, config.total_steps)
-  batch_spec = pipeline.batch_spec(config.data, config.batch_size, mesh)
+  batch_spec = inputs.lookup(config.data).batch_spec(config.data, config.batch_size, mesh)
   init, shardings, abstract = train_state_layout(config, objective, tx, mesh, batch_spec)
   return Setup(model, objective, tx, schedule, batch_spec, init, shardings, abstract)
 
@@ -143,16 +150,22 @@ def write_eval(workdir: str, step: int, results: dict[str, Any]) -> None:
 
 
 def build_evaluators(config, model, mesh) -> dict[str, Any]:
+  """The config's evaluators by name; one that the dataset cannot feed is left out with a
+  notice (the others still run)."""
   evaluators = {}
   for name, eval_config in config.get('evals', {}).items():
     cls = registry.lookup(eval_config.type, kind='evaluator')
-    evaluators[name] = cls(model=model, config=config, eval_config=eval_config, mesh=mesh)
+    try:
+      evaluators[name] = cls(model=model, config=config, eval_config=eval_config, mesh=mesh,
+                             name=name)
+    except evaluators_common.Unavailable as e:
+      log.warning('Evaluator %r (%s) left out: %s.', name, eval_config.type, e)
   return evaluators
 
 
 def run_evals(evaluators, params, step: int, workdir: str) -> dict[str, Any]:
   results = {}
-  for name, evaluator in evaluators.items():
+  for evaluator in evaluators.values():
     results.update(evaluator.run(params, step=step, workdir=workdir))
   if results:
     write_eval(workdir, step, results)
@@ -176,8 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
            jax.process_count())
 
   # ---------------------------------------------------------------- input
-  train_iter = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
-                                       seed=config.seed)
+  train_iter = inputs.lookup(config.data).train_iterator(
+      config.data, global_batch_size=config.batch_size, seed=config.seed)
 
   with sharding.use_mesh(mesh, sharding.logical_rules(config)):
     # -------------------------------------------------------------- model & shapes

@@ -11,7 +11,9 @@ import argparse
 import logging
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 import tensorflow_datasets as tfds
 import tokenizers
@@ -40,8 +42,9 @@ def get_builder(name: str, data_dir: str | None = None,
   cls = _BUILTIN.get(dataset) or registry.lookup(dataset, kind='dataset')
   data_dir = data_dir or default_data_dir()
   if config:
-    key = 'name' if cls is VideoTextFolder else 'config'
-    builder_kwargs[key] = config
+    # Builders whose configs are made at run time (a folder's) take the name under their own
+    # keyword; TFDS's own builders take `config`.
+    builder_kwargs[getattr(cls, 'CONFIG_NAME_ARG', 'config')] = config
   return cls(data_dir=data_dir, **builder_kwargs)
 
 
@@ -64,6 +67,39 @@ def data_source(name: str, split: str, data_dir: str | None = None,
   Records are dicts of numpy values; `caption`, `video_id` are bytes, `video` is mp4 bytes.
   """
   return prepare(name, data_dir, **builder_kwargs).as_data_source(split=split)
+
+
+def label_classes(builder: tfds.core.DatasetBuilder) -> dict[str, list[str]]:
+  """`{label: class names}` of the dataset's `<label>_label` ClassLabel features: what a
+  classifier head or a probe needs to know about the labels, from the dataset itself."""
+  return {key.removesuffix('_label'): list(feature.names)
+          for key, feature in builder.info.features.items()
+          if isinstance(feature, tfds.features.ClassLabel) and key.endswith('_label')}
+
+
+def num_classes(builder: tfds.core.DatasetBuilder,
+                requested: dict[str, int]) -> dict[str, int]:
+  """`{label: count}` with every count of 0 replaced by the dataset's class count; fails naming
+  the labels the dataset does not have."""
+  known = label_classes(builder)
+  missing = [label for label, count in requested.items() if not count and label not in known]
+  if missing:
+    raise ValueError(f'{builder.info.full_name} has no label feature(s) '
+                     f'{[f"{x}_label" for x in missing]}; its labels are {sorted(known)} '
+                     '(a video_text_folder gets them from label_columns).')
+  return {label: count or len(known[label]) for label, count in requested.items()}
+
+
+def integer_fields(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
+  """Scalar integer features (labels, counts such as `num_objects`), in feature order."""
+  return tuple(key for key, feature in builder.info.features.items()
+               if feature.shape == () and np.issubdtype(feature.np_dtype, np.integer))
+
+
+def caption_parser(builder: tfds.core.DatasetBuilder) -> Callable[[str], dict] | None:
+  """The dataset's `parse_caption(text) -> {label: class id or None}`, if it has one (a
+  generated dataset knows how its captions name its labels; a folder of videos does not)."""
+  return getattr(builder, 'parse_caption', None)
 
 
 def tokenizer_for(builder: tfds.core.DatasetBuilder,
@@ -103,24 +139,36 @@ def summary(builder: tfds.core.DatasetBuilder) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description='Build a vidlang_jax dataset.')
-  parser.add_argument('name', help='e.g. moving_shapes, moving_shapes/small, video_text_folder')
+  parser = argparse.ArgumentParser(prog='vidlang data',
+                                   description='Build vidlang_jax datasets (once; cached).')
+  parser.add_argument('names', nargs='*', default=['moving_shapes'],
+                      help='e.g. moving_shapes, moving_shapes/small, video_text_folder')
   parser.add_argument('--data_dir', default=None, help=f'default: {default_data_dir()}')
   parser.add_argument('--source_dir', help='video_text_folder: the folder of videos')
   parser.add_argument('--annotations', help='video_text_folder: captions .csv/.jsonl')
+  parser.add_argument('--path_column', help='video_text_folder: the column of video paths '
+                      '(default path; WebVid: contentUrl, MSR-VTT: video_id)')
+  parser.add_argument('--caption_column', help='video_text_folder: the column of captions '
+                      '(default caption; WebVid: name, MSR-VTT: sentence)')
+  parser.add_argument('--label_columns', help='video_text_folder: comma-separated columns '
+                      'stored as class labels <column>_label, e.g. action,scene')
   parser.add_argument('--resize', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'))
   parser.add_argument('--max_frames', type=int)
   parser.add_argument('--num_workers', type=int, help='moving_shapes: worker processes')
   parser.add_argument('--save_as', help='video_text_folder: a name to train with later '
                       '(dataset=video_text_folder/NAME)')
   args = parser.parse_args(argv)
-  names = ('source_dir', 'annotations', 'resize', 'max_frames', 'num_workers')
+  names = ('source_dir', 'annotations', 'resize', 'max_frames', 'num_workers', 'path_column',
+           'caption_column', 'label_columns')
   kwargs = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-  if args.save_as:
-    args.name = f'{args.name.partition("/")[0]}/{args.save_as}'  # the config name
   if 'resize' in kwargs:
     kwargs['resize'] = tuple(kwargs['resize'])
-  print(summary(prepare(args.name, args.data_dir, **kwargs)))
+  if kwargs and len(args.names) > 1:
+    parser.error('dataset options apply to one dataset: name only one.')
+  for name in args.names:
+    if args.save_as:
+      name = f'{name.partition("/")[0]}/{args.save_as}'  # the config name
+    print(summary(prepare(name, args.data_dir, **kwargs)))
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import re
 import sys
 from typing import Iterator, Sequence
 
@@ -289,6 +290,22 @@ def describe(scene: Sequence[SceneObject], rng: np.random.Generator) -> str:
   return _TEMPLATES[rng.integers(len(_TEMPLATES))](phrases)
 
 
+def parse_caption(text: str) -> dict[str, int | None]:
+  """The first-named object's `shape`, `colour` and `motion` label ids in a caption (None where
+  it names none): how the world model's generated captions are scored against the labels."""
+  text = ' '.join(text.lower().split())
+  found: dict[str, int | None] = {}
+  for key, names in (('shape', SHAPES), ('colour', COLOURS)):
+    hits = [(m.start(), i) for i, name in enumerate(names)
+            for m in [re.search(rf'\b{name}\b', text)] if m]
+    found[key] = min(hits)[1] if hits else None
+  phrases = [(m.start(), -len(phrase), MOTIONS.index(motion))
+             for motion, verbs in _VERBS.items() for pair in verbs
+             for phrase in pair for m in [re.search(rf'\b{re.escape(phrase)}\b', text)] if m]
+  found['motion'] = min(phrases)[2] if phrases else None
+  return found
+
+
 def _example_parts(seed: int, index: int, height: int, width: int):
   rng = np.random.default_rng([seed, index])
   scene = sample_scene(rng, height, width)
@@ -357,8 +374,9 @@ def _generate_chunk(args: tuple[int, list[int], int, int, int, int]) -> list[dic
 class MovingShapes(tfds.core.GeneratorBasedBuilder):
   """Coloured shapes moving on black, captioned; see the module docstring."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Labels are ClassLabel features (names in the metadata).'}
   BUILDER_CONFIGS = [
       MovingShapesConfig(name='default', description='16 frames, 64×64.'),
       MovingShapesConfig(name='small', height=32, width=32, description='16 frames, 32×32.'),
@@ -370,6 +388,9 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
   # TFDS otherwise locates this file via importlib_resources (not installed; also breaks when
   # `vidlang_jax` is a namespace package). It only needs the path.
   code_path = epath.Path(__file__)
+  # The dataset's caption parser (see `builders.caption_parser`).
+  parse_caption = staticmethod(parse_caption)
+
   def __init__(self, *, num_workers: int | None = None, **kwargs):
     """`num_workers` processes render + encode (default: all CPUs, or 1 once JAX is imported)."""
     self.num_workers = num_workers
@@ -378,21 +399,20 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
-    int64 = lambda: tfds.features.Tensor(shape=(), dtype=np.int64)
+    labels = lambda names: tfds.features.ClassLabel(names=list(names))
     return tfds.core.DatasetInfo(
         builder=self,
         description=(f'Procedural moving shapes, {c.num_frames}×{c.height}×{c.width} H.264 mp4 '
-                     f'at {c.fps} fps. Labels index SHAPES, COLOURS, SIZES, MOTIONS in '
-                     'vidlang_jax.data.moving_shapes and describe the first-named object.'),
+                     f'at {c.fps} fps. The labels describe the first-named object.'),
         features=tfds.features.FeaturesDict({
             'video': tfds.features.Tensor(shape=(), dtype=np.object_),  # mp4 bytes
             'caption': tfds.features.Text(),
             'video_id': tfds.features.Text(),
-            'shape_label': int64(),
-            'colour_label': int64(),
-            'size_label': int64(),
-            'motion_label': int64(),
-            'num_objects': int64(),
+            'shape_label': labels(SHAPES),
+            'colour_label': labels(COLOURS),
+            'size_label': labels(SIZES),
+            'motion_label': labels(MOTIONS),
+            'num_objects': tfds.features.Tensor(shape=(), dtype=np.int64),
         }),
     )
 

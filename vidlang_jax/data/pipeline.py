@@ -1,4 +1,4 @@
-"""grain input pipelines: TFDS array_record source -> decode -> sample -> augment -> tokenize -> batch.
+"""grain input pipelines: TFDS array_record -> decode -> sample -> augment -> tokenize -> batch.
 
 Training iterators are infinite, reshuffled every epoch, sharded per process and checkpointable
 (`get_state` / `set_state`, saved by the trainer beside the model). Clips that fail to decode are
@@ -18,15 +18,11 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from vidlang_jax.data import builders, sequences, tokenizer as tokenizer_lib, video as video_lib
+from vidlang_jax import pixels
+from vidlang_jax.data import builders, tokenizer as tokenizer_lib, video as video_lib
 from vidlang_jax.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
-
-# ImageNet-style per-channel statistics on [0, 1] pixels.
-MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
-STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
-
 
 def _interpolation_matrix(start: float, extent: float, size: int, limit: int) -> np.ndarray:
   """`[size, limit]` bilinear weights sampling `extent` pixels from `start` at `size` points."""
@@ -112,7 +108,7 @@ class DecodeVideo(grain.transforms.RandomMap):
            else center_box(height, width))
     frames = resize_crop(frames, box, self.size) / 255.0
     out = {k: v for k, v in element.items() if k != 'video'}
-    out['video'] = ((frames - MEAN_RGB) / STD_RGB).astype(np.float32)
+    out['video'] = pixels.normalize(frames)
     return out
 
 
@@ -232,12 +228,7 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, local_
 
 def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
                    seed: int) -> grain.DatasetIterator:
-  """An infinite, checkpointable iterator of this process's share of each global batch.
-
-  `data.format='lm_sequences'` gives the world model's packed token rows instead of clips.
-  """
-  if data_config.get('format') == 'lm_sequences':
-    return sequences.train_iterator(data_config, global_batch_size=global_batch_size, seed=seed)
+  """An infinite, checkpointable iterator of this process's share of each global batch."""
   if global_batch_size % jax.process_count():
     raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
                      f'{jax.process_count()} processes.')
@@ -285,8 +276,6 @@ def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size:
 def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
                mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes, dtypes and shardings of one global training batch, without reading any data."""
-  if data_config.get('format') == 'lm_sequences':
-    return sequences.batch_spec(data_config, global_batch_size, mesh)
   size, frames = data_config.image_size, data_config.num_frames
   shapes = {'video': ((global_batch_size, frames, size, size, 3), np.float32),
             'text': ((global_batch_size, data_config.max_text_len), np.int32)}

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from vidlang_jax.data import tokenizer as tokenizer_lib
+from vidlang_jax.sharding import batch_sharding
 
 TEXT, VIDEO = 0, 1
 SPECIALS = ('vision_start', 'vision_end', 'end_of_frame', 'end_of_video', 'fact')
@@ -346,20 +347,20 @@ def make_needle_row_transform(data_config: ml_collections.ConfigDict, tokenizer_
       edge_fraction=lm.needle_edge_fraction)
 
 
-def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
-                   seed: int) -> grain.DatasetIterator:
+def packed_rows(data_config: ml_collections.ConfigDict, cache: Any,
+                tokenizer_file: str, *, global_batch_size: int,
+                seed: int) -> grain.DatasetIterator:
   """Infinite, checkpointable iterator of packed rows for this process: rows of clip
-  documents, then `needle_fraction` of each batch's rows filled with needle documents."""
-  from vidlang_jax.data import pipeline, video_tokens
+  documents, then `needle_fraction` of each batch's rows filled with needle documents.
 
+  `cache` is a random-access source of tokenized clips (`video_tokens.TokenCache`), which the
+  caller builds with a video tokenizer: data code never runs a model.
+  """
   if global_batch_size % jax.process_count():
     raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
                      f'{jax.process_count()} processes.')
   batch_size = global_batch_size // jax.process_count()
   needle_rows = needle_rows_per_batch(data_config, batch_size)
-  tokenizer_file = pipeline.tokenizer_path(data_config)
-  cache = video_tokens.token_cache(data_config, data_config.train_split,
-                                   data_config.lm.max_train_clips or None)
   read = grain.ReadOptions(num_threads=data_config.num_threads,
                            prefetch_buffer_size=data_config.prefetch)
   streams = []
@@ -384,8 +385,6 @@ def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size:
 
 def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
                mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  from vidlang_jax.sharding import batch_sharding
-
   shape = (global_batch_size, data_config.sequence_length)
   dtypes = dict(inputs=np.int32, targets=np.int32, weights=np.float32, modality=np.int32,
                 segment_ids=np.int32, positions=np.int32)

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 from jax.experimental import multihost_utils
@@ -20,31 +20,12 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from vidlang_jax import checkpoint as checkpoint_lib, registry
 from vidlang_jax.data import builders, pipeline
 
 log = logging.getLogger(__name__)
 
-LABEL_KEYS = ('shape_label', 'colour_label', 'size_label', 'motion_label', 'num_objects')
-
-
-def load_tokenizer_run(workdir: str) -> tuple[Any, Any, ml_collections.ConfigDict, str]:
-  """(VideoTokenizer module, params tree, the run's config, checkpoint name) of a tokenizer
-  run's latest checkpoint."""
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(
-        f'{config_path} does not exist: data.video_tokenizer must be the workdir of a '
-        'finished `vidlang train --config configs/video_tokenizer.py:...` run.')
-  with open(config_path, encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.model.name != 'video_tokenizer':
-    raise ValueError(f'{workdir} is a {config.model.name!r} run, not a video_tokenizer run.')
-  kwargs = {k: tuple(v) if isinstance(v, list) else v
-            for k, v in config.model.to_dict().items() if k != 'name'}
-  model = registry.lookup('model.video_tokenizer')(**kwargs)
-  params, name = checkpoint_lib.read_params_tree(workdir)
-  return model, params, config, name
+# `[batch, time, height, width, 3]` normalised clips -> `[batch, time, h, w]` integer codes.
+TokenizeFn = Callable[[np.ndarray], np.ndarray]
 
 
 def cache_dir(data_config: ml_collections.ConfigDict, split: str, checkpoint_name: str,
@@ -56,35 +37,33 @@ def cache_dir(data_config: ml_collections.ConfigDict, split: str, checkpoint_nam
   return os.path.join(data_config.video_tokenizer, 'tokens', name)
 
 
-def build_token_cache(data_config: ml_collections.ConfigDict, split: str,
-                      max_examples: int | None = None, batch_size: int = 64) -> str:
-  """Tokenizes `split` (its first `max_examples` clips) once; returns the cache directory.
+def build_token_cache(data_config: ml_collections.ConfigDict, split: str, tokenize: TokenizeFn,
+                      checkpoint_name: str, max_examples: int | None = None,
+                      batch_size: int = 64) -> str:
+  """Tokenizes `split` (its first `max_examples` clips) once with `tokenize`, the video
+  tokenizer of checkpoint `checkpoint_name`; returns the cache directory.
 
-  Frames are sampled as in evaluation (uniform over the clip, central crop). Process 0 writes,
-  the others wait for it.
+  The caller brings the tokenizer (data code never builds a model). Frames are sampled as in
+  evaluation (uniform over the clip, central crop); the dataset's integer fields (labels,
+  counts) are cached beside the codes. Process 0 writes, the others wait for it.
   """
-  model, params, tokenizer_config, name = load_tokenizer_run(data_config.video_tokenizer)
-  num_codes = math.prod(tokenizer_config.model.levels)
-  if num_codes != data_config.num_codes:
-    raise ValueError(f'data.num_codes={data_config.num_codes} but the tokenizer in '
-                     f'{data_config.video_tokenizer} has {num_codes} codes.')
-  path = cache_dir(data_config, split, name, max_examples)
+  path = cache_dir(data_config, split, checkpoint_name, max_examples)
   if jax.process_index() == 0 and not os.path.exists(os.path.join(path, 'tokens.npy')):
     pipeline.tokenizer_path(data_config)  # builds the dataset if needed
     pipeline.check_split(data_config, split, 'the token cache split')
-    tokenize = jax.jit(lambda p, v: model.apply({'params': p}, v, method=model.tokenize))
-    tokens, captions, labels = [], [], {k: [] for k in LABEL_KEYS}
-    total = max_examples or len(builders.data_source(
-        data_config.name, split, data_config.get('data_dir'),
-        **data_config.get('builder_kwargs', {})))
+    builder = builders.get_builder(data_config.name, data_config.get('data_dir'),
+                                   **data_config.get('builder_kwargs', {}))
+    label_keys = builders.integer_fields(builder)
+    tokens, captions, labels = [], [], {k: [] for k in label_keys}
+    total = max_examples or builder.info.splits[split].num_examples
     for batch in tqdm.tqdm(pipeline.eval_batches(data_config, split, batch_size,
-                                                 keys=LABEL_KEYS + ('caption',),
+                                                 keys=label_keys + ('caption',),
                                                  max_examples=max_examples),
                            total=math.ceil(total / batch_size),
                            desc=f'tokenizing {data_config.name}:{split}'):
       real = batch['mask']
-      tokens.append(np.asarray(tokenize(params, batch['video']))[real].astype(np.int16))
-      for key in LABEL_KEYS:
+      tokens.append(np.asarray(tokenize(batch['video']))[real].astype(np.int16))
+      for key in label_keys:
         labels[key].append(batch[key][real])
       captions.extend(str(batch['caption'][i]) for i in np.flatnonzero(real))
     os.makedirs(path, exist_ok=True)
@@ -119,9 +98,3 @@ class TokenCache:
     return {'video_tokens': np.asarray(self.tokens[index], np.int32),
             'caption': self.captions[index],
             **{k: int(v[index]) for k, v in self.labels.items()}}
-
-
-def token_cache(data_config: ml_collections.ConfigDict, split: str,
-                max_examples: int | None = None) -> TokenCache:
-  return TokenCache(build_token_cache(data_config, split, max_examples))
-

@@ -5,50 +5,51 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from vidlang_jax import registry, sharding
-from vidlang_jax.data import pipeline
-from vidlang_jax.evaluators.retrieval import process_slice
-from vidlang_jax.models.classifier import label_key
+from vidlang_jax.evaluators import common
 
 
 @registry.register('evaluator.classification')
-class ClassificationEvaluator:
-  """Reports `<label>_acc` for every head, and `<label>_acc_single_object` on the clips with
-  one object (moving_shapes labels describe the first-named object, which the video alone
-  cannot single out when there are several)."""
+class ClassificationEvaluator(common.Evaluator):
+  """Reports `<label>_acc` for every head and `<label>_acc_per_class` (accuracy per class
+  name); with `subset` ({field: value}) also `<label>_acc_<subset_name>` on the matching
+  examples (moving_shapes: `num_objects=1`, named `single_object`, since its labels describe
+  the first-named object, which the video alone cannot single out when there are several)."""
 
-  def __init__(self, *, model, config: ml_collections.ConfigDict,
-               eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    self.config, self.eval_config, self.mesh = config, eval_config, mesh
-    pipeline.tokenizer_path(config.data)
-    pipeline.check_split(config.data, eval_config.split, 'evals.classification.split')
-    self.batch_size = eval_config.get('batch_size', config.batch_size)
-    self.labels = list(config.model.num_classes.keys())
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.classes = self.label_classes(list(self.config.model.num_classes.keys()))
+    self.subset_fields = tuple(dict(self.eval_config.get('subset') or {}))
+    self.require_fields(self.subset_fields)
+    model = self.model
     self.predict = jax.jit(
-        lambda params, video: {k: v.argmax(-1) for k, v in
-                               model.apply({'params': params}, video).items()},
-        out_shardings=sharding.batch_sharding(mesh, 1))
+        lambda params, batch: {k: v.argmax(-1) for k, v in
+                               model.apply({'params': params}, batch['video']).items()},
+        out_shardings=sharding.batch_sharding(self.mesh, 1))
 
-  def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
+  def run(self, params: Any, *, step: int, workdir: str) -> dict[str, Any]:
     del step, workdir
-    keys = tuple(label_key(x) for x in self.labels) + ('num_objects',)
-    hits, single = {label: [] for label in self.labels}, []
-    for batch in pipeline.eval_batches(self.config.data, self.eval_config.split,
-                                       self.batch_size, keys=keys):
-      mask = batch['mask']
-      video = sharding.shard_batch(process_slice({'video': batch['video']}), self.mesh)['video']
-      predicted = multihost_utils.process_allgather(self.predict(params, video), tiled=True)
-      for label in self.labels:
-        hits[label].append((predicted[label] == batch[label_key(label)])[mask])
-      single.append(batch['num_objects'][mask] == 1)
-    single = np.concatenate(single)
+    keys = tuple(f'{label}_label' for label in self.classes) + self.subset_fields
+    predicted, truth = {label: [] for label in self.classes}, {k: [] for k in keys}
+    for out, batch, mask in self.outputs(lambda p, b, _: self.predict(p, b), params,
+                                         self.eval_config.split, keys=keys):
+      for label in self.classes:
+        predicted[label].append(out[label][mask])
+      for k in keys:
+        truth[k].append(batch[k][mask])
+    truth = {k: np.concatenate(v) for k, v in truth.items()}
+    chosen = self.subset(truth)
     results = {}
-    for label in self.labels:
-      correct = np.concatenate(hits[label])
+    for label, names in self.classes.items():
+      labels = truth[f'{label}_label']
+      correct = np.concatenate(predicted[label]) == labels
       results[f'{label}_acc'] = float(correct.mean())
-      results[f'{label}_acc_single_object'] = float(correct[single].mean())
+      results[f'{label}_acc_per_class'] = {
+          name: float(correct[labels == i].mean()) for i, name in enumerate(names)
+          if np.any(labels == i)}
+      if self.subset_fields:
+        subset_name = self.eval_config.get('subset_name', 'subset')
+        results[f'{label}_acc_{subset_name}'] = float(correct[chosen].mean())
     return results

@@ -11,13 +11,10 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
-from vidlang_jax import registry, sharding
-from vidlang_jax.data import pipeline
-from vidlang_jax.evaluators.retrieval import process_slice
+from vidlang_jax import inputs, registry, sharding
+from vidlang_jax.evaluators import common
 
 L2_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
@@ -54,45 +51,44 @@ def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 
 
 @registry.register('evaluator.linear_probe')
-class LinearProbeEvaluator:
+class LinearProbeEvaluator(common.Evaluator):
   """Probes `model.video_features` (the video tower's pooled output) for `labels`.
 
   eval_config: `train_split`, `train_examples` (the first that many), `test_split`, `labels`
-  (names `x` of `x_label` dataset fields; `num_classes` from the data's highest label + 1
-  unless given), `single_object` (moving_shapes labels describe the first-named object, which
-  the video alone cannot single out when there are several; True scores and fits on one-object
-  clips, and the all-clips accuracy is reported beside it), `random_init_baseline` (also probe
-  the model at its initialisation, the same seed as training).
+  (names `x` of the dataset's `x_label` ClassLabel features, which give the class counts),
+  `subset` ({field: value}: fit and score on the matching examples only, e.g. moving_shapes'
+  `num_objects=1`, since its labels describe the first-named object, which the video alone
+  cannot single out when there are several; the all-examples accuracy is reported beside it
+  as `_acc_all_clips`), `random_init_baseline` (also probe the model at its initialisation,
+  the same seed as training).
   """
 
-  def __init__(self, *, model, config: ml_collections.ConfigDict,
-               eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    self.model, self.config, self.eval_config, self.mesh = model, config, eval_config, mesh
-    pipeline.tokenizer_path(config.data)
-    for key in ('train_split', 'test_split'):
-      pipeline.check_split(config.data, eval_config[key], f'evals.probe.{key}')
-    self.batch_size = eval_config.get('batch_size', config.batch_size)
+  split_keys = ('train_split', 'test_split')
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.classes = self.label_classes(self.eval_config.labels)
+    self.subset_fields = tuple(dict(self.eval_config.get('subset') or {}))
+    self.require_fields(self.subset_fields)
+    model, config = self.model, self.config
     self.features = jax.jit(
-        lambda params, video: model.apply({'params': params}, video,
+        lambda params, batch: model.apply({'params': params}, batch['video'],
                                           method=model.video_features),
-        out_shardings=sharding.batch_sharding(mesh, 2))
+        out_shardings=sharding.batch_sharding(self.mesh, 2))
     self.baseline_params, self.baseline = None, None
-    if eval_config.get('random_init_baseline'):
+    if self.eval_config.get('random_init_baseline'):
       objective = registry.lookup(config.objective, kind='objective')(model, config)
-      spec = pipeline.batch_spec(config.data, self.batch_size, mesh)
+      spec = inputs.lookup(config.data).batch_spec(config.data, self.batch_size, self.mesh)
       init_rng, _ = jax.random.split(jax.random.key(config.seed))  # as the trainer does
       self.baseline_params = jax.jit(lambda rng: nn.meta.unbox(objective.init(rng, spec)))(
           init_rng)
 
   def _extract(self, params: Any, split: str, max_examples: int | None):
-    keys = tuple(f'{label}_label' for label in self.eval_config.labels) + ('num_objects',)
+    keys = tuple(f'{label}_label' for label in self.eval_config.labels) + self.subset_fields
     feats, fields = [], {k: [] for k in keys}
-    for batch in pipeline.eval_batches(self.config.data, split, self.batch_size, keys=keys,
-                                       max_examples=max_examples):
-      mask = batch['mask']
-      local = process_slice({'video': batch['video']})
-      out = self.features(params, sharding.shard_batch(local, self.mesh)['video'])
-      feats.append(multihost_utils.process_allgather(out, tiled=True)[mask])
+    for out, batch, mask in self.outputs(lambda p, b, _: self.features(p, b), params, split,
+                                         keys=keys, max_examples=max_examples):
+      feats.append(out[mask])
       for k in keys:
         fields[k].append(batch[k][mask])
     return np.concatenate(feats), {k: np.concatenate(v) for k, v in fields.items()}
@@ -101,20 +97,15 @@ class LinearProbeEvaluator:
     train_x, train = self._extract(params, self.eval_config.train_split,
                                    self.eval_config.train_examples)
     test_x, test = self._extract(params, self.eval_config.test_split, None)
+    fit, score = self.subset(train), self.subset(test)
     results = {}
-    for label in self.eval_config.labels:
-      key = f'{label}_label'
-      num_classes = int(self.eval_config.get('num_classes', {}).get(label, 0)
-                        or max(train[key].max(), test[key].max()) + 1)
-      acc_all, _ = ridge_probe(train_x, train[key], test_x, test[key], num_classes)
-      if self.eval_config.single_object:
-        fit, score = train['num_objects'] == 1, test['num_objects'] == 1
-        acc, l2 = ridge_probe(train_x[fit], train[key][fit], test_x[score], test[key][score],
-                              num_classes)
+    for label, names in self.classes.items():
+      key, num_classes = f'{label}_label', len(names)
+      if self.subset_fields:
+        acc_all, _ = ridge_probe(train_x, train[key], test_x, test[key], num_classes)
         results[f'{prefix}_{label}_acc_all_clips'] = acc_all
-      else:
-        acc, l2 = ridge_probe(train_x, train[key], test_x, test[key], num_classes)
-        score = np.ones(len(test_x), bool)
+      acc, l2 = ridge_probe(train_x[fit], train[key][fit], test_x[score], test[key][score],
+                            num_classes)
       results[f'{prefix}_{label}_acc'] = acc
       results[f'{prefix}_{label}_l2'] = l2
     results[f'{prefix}_num_test'] = int(score.sum())

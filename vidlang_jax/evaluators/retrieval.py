@@ -6,19 +6,11 @@ import re
 from typing import Any, Sequence
 
 import jax
-import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from vidlang_jax import registry, sharding
-from vidlang_jax.data import pipeline
+from vidlang_jax.evaluators import common
 from vidlang_jax.evaluators.retrieval_metrics import retrieval_metrics
-
-
-def process_slice(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """This process's contiguous share of a batch that every process holds whole."""
-  count, index = jax.process_count(), jax.process_index()
-  return {k: np.array_split(v, count)[index] for k, v in batch.items()}
 
 
 def group_captions(video_ids: Sequence[bytes | str]) -> tuple[np.ndarray, np.ndarray]:
@@ -37,38 +29,47 @@ def group_captions(video_ids: Sequence[bytes | str]) -> tuple[np.ndarray, np.nda
 
 
 @registry.register('evaluator.retrieval')
-class RetrievalEvaluator:
+class RetrievalEvaluator(common.Evaluator):
   """Embeds every clip and caption of `eval_config.split` and ranks all pairs.
 
   Needs a model with `encode_video` / `encode_text` (the two-tower model, or any tower pair).
   """
 
-  def __init__(self, *, model, config: ml_collections.ConfigDict,
-               eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    self.model, self.config, self.eval_config, self.mesh = model, config, eval_config, mesh
-    pipeline.tokenizer_path(config.data)  # builds the dataset (and tokenizer) if needed
-    pipeline.check_split(config.data, eval_config.split, 'the evaluation split')
-    self.batch_size = eval_config.get('batch_size', config.batch_size)
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    model = self.model
 
     def embed(params, batch):
       variables = {'params': params}
       return (model.apply(variables, batch['video'], method=model.encode_video),
               model.apply(variables, batch['text'], method=model.encode_text))
 
-    self.embed = jax.jit(embed, out_shardings=sharding.batch_sharding(mesh, 2))
+    self.embed = jax.jit(embed, out_shardings=sharding.batch_sharding(self.mesh, 2))
 
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
     del step, workdir
     video_embs, text_embs, video_ids = [], [], []
-    for batch in pipeline.eval_batches(self.config.data, self.eval_config.split,
-                                       self.batch_size, keys=('video_id',)):
-      mask = batch.pop('mask')
-      batch.pop('num_skipped')
-      video_ids.extend(batch.pop('video_id')[mask])
-      video, text = self.embed(params, sharding.shard_batch(process_slice(batch), self.mesh))
-      video_embs.append(multihost_utils.process_allgather(video, tiled=True)[mask])
-      text_embs.append(multihost_utils.process_allgather(text, tiled=True)[mask])
+    for (video, text), batch, mask in self.outputs(
+        lambda p, b, _: self.embed(p, b), params, self.eval_config.split,
+        inputs=('video', 'text'), keys=('video_id',)):
+      video_ids.extend(batch['video_id'][mask])
+      video_embs.append(video[mask])
+      text_embs.append(text[mask])
     video_emb, text_emb = np.concatenate(video_embs), np.concatenate(text_embs)
     first, text_to_video = group_captions(video_ids)
     similarity = text_emb @ video_emb[first].T  # [texts, videos]
     return retrieval_metrics(similarity, text_to_video=text_to_video)
+
+  @staticmethod
+  def format_results(results: dict[str, Any]) -> tuple[list[str], set[str]]:
+    """Recall@k and median rank, one row per direction."""
+    keys = {k for k in results if k.startswith(('t2v_', 'v2t_')) or k == 'chance_r1'}
+    if 't2v_r1' not in results:
+      return [], set()
+    lines = [f'  {"":15s} {"R@1":>6s} {"R@5":>6s} {"R@10":>6s} {"median rank":>12s}']
+    for title, prefix in (('text -> video', 't2v'), ('video -> text', 'v2t')):
+      lines.append(f'  {title:15s} ' + ' '.join(f'{results[f"{prefix}_r{k}"]:6.3f}'
+                                                for k in (1, 5, 10))
+                   + f' {results[f"{prefix}_median_rank"]:12.1f}')
+    lines.append(f'  chance R@1 = {results["chance_r1"]:.4f}')
+    return lines, keys

@@ -1,5 +1,5 @@
 """World-model evaluators: perplexity per modality, needle in a haystack, captioning accuracy
-and text -> video samples. All read the test split through the token cache (data/video_tokens)
+and text -> video samples. All read the test split through the token cache (`inputs.token_cache`)
 and run the decoder with plain attention and a KV cache (vidlang_jax/generate.py).
 """
 
@@ -8,21 +8,18 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
-from vidlang_jax import generate as generate_lib, registry
-from vidlang_jax.data import moving_shapes, sequences
-from vidlang_jax.data import video_tokens
-from vidlang_jax.evaluators.reconstruction import image_grid
+from vidlang_jax import generate as generate_lib, inputs, registry
+from vidlang_jax.data import builders, sequences, video_tokens
+from vidlang_jax.evaluators import common
 from vidlang_jax.losses.language_model import MODALITIES, weighted_next_token_loss
+from vidlang_jax.pixels import image_grid
 
 
 @functools.lru_cache(maxsize=2)
@@ -33,22 +30,22 @@ def _session(model, data_config_json: str) -> generate_lib.WorldModelSession:
       model, ml_collections.ConfigDict(json.loads(data_config_json)))
 
 
-class _WorldModelEvaluator:
+class _WorldModelEvaluator(common.Evaluator):
   """Shared set-up: vocabulary, the session (caption + video tokenizers, generator), the test
   split's token cache."""
 
-  def __init__(self, *, model, config: ml_collections.ConfigDict,
-               eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    self.model, self.config, self.eval_config, self.mesh = model, config, eval_config, mesh
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    config = self.config
     self.vocab = sequences.vocabulary(config.data)
     self.stride = config.data.lm.frame_stride
     # Built now (shared, see _session), so that a missing tokenizer run fails before training.
-    self.session = _session(model, config.data.to_json())
+    self.session = _session(self.model, config.data.to_json())
     self.tokenizer = self.session.text_tokenizer
 
   def cache(self) -> video_tokens.TokenCache:
-    return video_tokens.token_cache(self.config.data, self.eval_config.split,
-                                    self.eval_config.get('num_examples'))
+    return inputs.token_cache(self.config.data, self.eval_config.split,
+                              self.eval_config.get('num_examples'))
 
 
 @registry.register('evaluator.lm_perplexity')
@@ -142,55 +139,48 @@ class NeedleEvaluator(_WorldModelEvaluator):
     return results
 
 
-def parse_caption(text: str) -> dict[str, int | None]:
-  """The first-named object's shape, colour and motion label in a moving_shapes caption
-  (None where the caption names none)."""
-  text = ' '.join(text.lower().split())
-  found: dict[str, int | None] = {}
-  for key, names in (('shape', moving_shapes.SHAPES), ('colour', moving_shapes.COLOURS)):
-    hits = [(m.start(), i) for i, name in enumerate(names)
-            for m in [re.search(rf'\b{name}\b', text)] if m]
-    found[key] = min(hits)[1] if hits else None
-  phrases = [(m.start(), -len(phrase), moving_shapes.MOTIONS.index(motion))
-             for motion, verbs in moving_shapes._VERBS.items() for pair in verbs
-             for phrase in pair for m in [re.search(rf'\b{re.escape(phrase)}\b', text)] if m]
-  found['motion'] = min(phrases)[2] if phrases else None
-  return found
-
-
 @registry.register('evaluator.captioning')
 class CaptioningEvaluator(_WorldModelEvaluator):
-  """Greedy captions of one-object test clips from their video tokens, scored on the named
-  shape / colour / motion (`caption_shape_acc`, `caption_motion_acc`, `caption_colour_acc`,
-  `caption_shape_motion_acc` = both right); samples go to `captions/<step>.txt`.
+  """Greedy captions of test clips from their video tokens, parsed by the dataset's caption
+  parser (`builders.caption_parser`) and scored against its labels: `caption_<label>_acc` for
+  every label the parser reads, and `caption_<a>_<b>_acc` (both right) for each pair in
+  `eval_config.joint` (default: shape and motion); samples go to `captions/<step>.txt`.
 
-  One-object clips only: the labels describe the first-named object, which in a multi-object
+  `subset` ({field: value}) scores only the matching clips; moving_shapes' configs score
+  one-object clips, since its labels describe the first-named object, which in a multi-object
   clip the video alone cannot single out.
   """
 
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.parse = builders.caption_parser(self.builder)
+    if self.parse is None:
+      raise common.Unavailable(f'{self.config.data.name} has no caption parser to score '
+                               'generated captions with')
+    self.subset_fields = tuple(dict(self.eval_config.get('subset') or {}))
+    self.require_fields(self.subset_fields)
+    self.joint = [tuple(pair) for pair in self.eval_config.get('joint', [('shape', 'motion')])]
+
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
     cache = self.cache()
-    single = [i for i in range(len(cache)) if cache.labels['num_objects'][i] == 1]
+    chosen = np.flatnonzero(self.subset({k: cache.labels[k] for k in self.subset_fields})
+                            if self.subset_fields else np.ones(len(cache), bool))
     batch_size = self.eval_config.get('batch_size', 32)
-    scores = {k: [] for k in ('shape', 'colour', 'motion', 'shape_motion')}
-    lines = []
-    for start in range(0, len(single), batch_size):
-      indices = single[start:start + batch_size]
+    scores, lines = {}, []
+    for start in range(0, len(chosen), batch_size):
+      indices = chosen[start:start + batch_size]
       texts = self.session.captions(params, np.stack([cache[i]['video_tokens']
                                                       for i in indices]))
       for i, text in zip(indices, texts):
-        parsed = parse_caption(text)
-        right = {k: parsed[k] == int(cache.labels[f'{k}_label'][i])
-                 for k in ('shape', 'colour', 'motion')}
-        right['shape_motion'] = right['shape'] and right['motion']
+        parsed = self.parse(text)
+        right = {k: v == int(cache.labels[f'{k}_label'][i]) for k, v in parsed.items()}
+        for a, b in self.joint:
+          right[f'{a}_{b}'] = right[a] and right[b]
         for k, v in right.items():
-          scores[k].append(v)
-        lines.append(f'{"ok " if right["shape_motion"] else "   "}{text!r}  <-  '
-                     f'{cache.captions[i]!r}')
-    if jax.process_index() == 0:
-      os.makedirs(os.path.join(workdir, 'captions'), exist_ok=True)
-      with open(os.path.join(workdir, 'captions', f'{step}.txt'), 'w', encoding='utf-8') as f:
-        f.write('\n'.join(lines) + '\n')
+          scores.setdefault(k, []).append(v)
+        shown = all(right[f'{a}_{b}'] for a, b in self.joint)
+        lines.append(f'{"ok " if shown else "   "}{text!r}  <-  {cache.captions[i]!r}')
+    common.save_text(workdir, 'captions', step, lines)
     return {f'caption_{k}_acc': float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -212,10 +202,9 @@ class TextToVideoEvaluator(_WorldModelEvaluator):
         temperature=self.eval_config.get('temperature', 1.0),
         top_k=self.eval_config.get('top_k', 0)) for i in range(count)])
     if jax.process_index() == 0:
-      os.makedirs(os.path.join(workdir, 't2v'), exist_ok=True)
-      Image.fromarray(image_grid(self.session.frames(real), self.session.frames(samples))).save(
-          os.path.join(workdir, 't2v', f'{step}.png'))
-      with open(os.path.join(workdir, 't2v', f'{step}.txt'), 'w', encoding='utf-8') as f:
-        f.write('\n'.join(f'rows {2 * i}-{2 * i + 1} (real, generated): {cache.captions[i]}'
-                          for i in range(count)) + '\n')
+      common.save_image(workdir, 't2v', step, image_grid(self.session.frames(real),
+                                                                self.session.frames(samples)))
+    common.save_text(workdir, 't2v', step,
+                     [f'rows {2 * i}-{2 * i + 1} (real, generated): {cache.captions[i]}'
+                      for i in range(count)])
     return {'t2v_code_accuracy': float(np.mean(samples == real))}

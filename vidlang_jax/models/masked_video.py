@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vidlang_jax import masking, registry
-from vidlang_jax.data.pipeline import MEAN_RGB, STD_RGB
+from vidlang_jax.pixels import pixels_01
 from vidlang_jax.models import Objective, layers
 from vidlang_jax.models.two_tower import TwoTower, _check_same, _l2_normalize, setup_text_and_head
 from vidlang_jax.models.video_vit import VideoViT, _resize_embedding, patchify
@@ -34,11 +34,6 @@ def token_grid(video_shape: tuple[int, ...], tubelet: tuple[int, int, int]) -> G
   _, time, height, width, _ = video_shape
   pt, ph, pw = tubelet
   return time // pt, height // ph, width // pw
-
-
-def pixels_01(video: jax.Array) -> jax.Array:
-  """Undoes the input pipeline's normalisation: pixels back in [0, 1]."""
-  return video * jnp.asarray(STD_RGB) + jnp.asarray(MEAN_RGB)
 
 
 def tubelet_targets(video: jax.Array, tubelet: tuple[int, int, int], normalize: bool = True,

@@ -17,7 +17,7 @@ import ml_collections
 
 from vidlang_jax import registry
 from vidlang_jax.models import Objective
-from vidlang_jax.models.masked_video import pixels_01
+from vidlang_jax.pixels import pixels_01, psnr_01
 
 
 def _round_ste(x: jax.Array) -> jax.Array:
@@ -104,12 +104,6 @@ class VideoTokenizer(nn.Module):
     """Returns (reconstruction, token ids)."""
     codes = self.encode(video)
     return self.decode(codes), self.fsq.codes_to_indices(codes)
-
-
-def psnr_01(reconstruction: jax.Array, video: jax.Array) -> jax.Array:
-  """Per-clip PSNR in dB of pixels in [0, 1] (both in the pipeline's normalisation)."""
-  err = jnp.square(jnp.clip(pixels_01(reconstruction), 0, 1) - jnp.clip(pixels_01(video), 0, 1))
-  return -10.0 * jnp.log10(jnp.maximum(jnp.mean(err, axis=(1, 2, 3, 4)), 1e-10))
 
 
 def reconstruction_loss(recon: jax.Array, video: jax.Array,

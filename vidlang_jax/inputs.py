@@ -1,0 +1,78 @@
+"""Input formats by name: what a family's batches are made of, for the one trainer.
+
+`config.data.format` names one (`input.clips`, the default, or `input.lm_sequences`); each gives
+`train_iterator(data_config, *, global_batch_size, seed)` (infinite, checkpointable) and
+`batch_spec(data_config, global_batch_size, mesh)` (shapes of one global batch, no data read).
+The world model's format sits here, a floor above `data` and `models`, because its token cache
+runs a trained video tokenizer over the clips.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+
+from vidlang_jax import checkpoint as checkpoint_lib, registry
+from vidlang_jax.data import pipeline, sequences, video_tokens
+
+
+class InputFormat(NamedTuple):
+  train_iterator: Any
+  batch_spec: Any
+
+
+registry.register('input.clips')(InputFormat(pipeline.train_iterator, pipeline.batch_spec))
+
+
+def lookup(data_config: ml_collections.ConfigDict) -> InputFormat:
+  return registry.lookup(data_config.get('format') or 'clips', kind='input')
+
+
+def load_tokenizer_run(workdir: str) -> tuple[Any, Any, ml_collections.ConfigDict, str]:
+  """(VideoTokenizer module, params tree, the run's config, checkpoint name) of a tokenizer
+  run's latest checkpoint."""
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(
+        f'{config_path} does not exist: data.video_tokenizer must be the workdir of a '
+        'finished `vidlang train --config configs/video_tokenizer.py:...` run.')
+  with open(config_path, encoding='utf-8') as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.model.name != 'video_tokenizer':
+    raise ValueError(f'{workdir} is a {config.model.name!r} run, not a video_tokenizer run.')
+  kwargs = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in config.model.to_dict().items() if k != 'name'}
+  model = registry.lookup('model.video_tokenizer')(**kwargs)
+  params, name = checkpoint_lib.read_params_tree(workdir)
+  return model, params, config, name
+
+
+def token_cache(data_config: ml_collections.ConfigDict, split: str,
+                max_examples: int | None = None) -> video_tokens.TokenCache:
+  """`split` as video codes of the tokenizer run `data.video_tokenizer` (built once)."""
+  model, params, tokenizer_config, name = load_tokenizer_run(data_config.video_tokenizer)
+  num_codes = math.prod(tokenizer_config.model.levels)
+  if num_codes != data_config.num_codes:
+    raise ValueError(f'data.num_codes={data_config.num_codes} but the tokenizer in '
+                     f'{data_config.video_tokenizer} has {num_codes} codes.')
+  tokenize = jax.jit(lambda p, v: model.apply({'params': p}, v, method=model.tokenize))
+  return video_tokens.TokenCache(video_tokens.build_token_cache(
+      data_config, split, lambda video: tokenize(params, video), name, max_examples))
+
+
+def lm_train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                      seed: int):
+  """Packed rows of tokenized clips and needle documents (see `data/sequences.py`)."""
+  tokenizer_file = pipeline.tokenizer_path(data_config)
+  cache = token_cache(data_config, data_config.train_split,
+                      data_config.lm.max_train_clips or None)
+  return sequences.packed_rows(data_config, cache, tokenizer_file,
+                               global_batch_size=global_batch_size, seed=seed)
+
+
+registry.register('input.lm_sequences')(InputFormat(lm_train_iterator, sequences.batch_spec))
