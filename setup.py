@@ -10,7 +10,7 @@ setup(
   long_description_content_type='text/markdown',
   python_requires='>=3.10',
   packages=find_packages(include=['vidlang_jax', 'vidlang_jax.*']),
-  # Lower bounds are the versions this code was tested with (see README).
+  # Lower bounds are the versions this code was tested with (see CONTRIBUTING.md).
   install_requires=[
     'jax>=0.10.2',
     'flax>=0.12.8',

@@ -16,7 +16,8 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 from vidlang_jax import sharding  # noqa: E402
 from vidlang_jax.losses import contrastive  # noqa: E402

@@ -18,7 +18,8 @@ import json  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 from vidlang_jax import sharding  # noqa: E402
 from vidlang_jax.ops.attention import dot_product_attention  # noqa: E402

@@ -17,14 +17,14 @@ guide=runs/two_tower_tiny --workdir runs/tgm_tiny
 
 Arguments (comma separated): `tiny` | `base`, `masking=tube|random|running_cell|text_guided`,
 `ratio=R` (default 0.9; 0.75 for running_cell, which masks whole quarters of 2x2 cells;
-`tiny,joint` alone defaults to random masking at 0.25, see README results),
+`tiny,joint` alone defaults to random masking at 0.25, see docs/results.md),
 `joint` (MAE + contrastive), `guide=PATH` (the two-tower run for text-guided masking),
 `loss=sigmoid|softmax`, `steps=N`, `dataset=NAME`, `labels=a+b` (probed labels). The encoder
 is the two-tower video tower under the same names, so checkpoints move between the two
 families.
 
 Expected (tiny, 2 CPU cores, 1,500 steps): probes shape ~0.41 / motion ~0.86, reconstruction
-PSNR ~19.7 dB on the masked tubelets (docs/results.md).
+PSNR ~19.5 dB on the masked tubelets (docs/results.md).
 """
 
 import ml_collections

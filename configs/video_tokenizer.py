@@ -30,8 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 256
   c.total_steps = arg.steps or 100_000
   c.optimizer = common.optimizer(learning_rate=3e-4, warmup_steps=2000, weight_decay=0.0)
-  c.evals.tokenizer = ml_collections.ConfigDict(dict(type='tokenizer', split='test',
-                                                     num_examples=1024, batch_size=256))
+  c.evals.video_tokenizer = ml_collections.ConfigDict(dict(
+      type='video_tokenizer', split='test', num_examples=1024, batch_size=256))
   if arg.tiny:
     c.model.update(dict(channels=(32, 64), levels=(8, 5, 5, 5)))
     c.data.image_size = 32
@@ -45,5 +45,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 20
     c.checkpoint_every = 500
     c.eval_every = 10_000
-    c.evals.tokenizer.update(dict(num_examples=500, batch_size=100))
+    c.evals.video_tokenizer.update(dict(num_examples=500, batch_size=100))
   return c

@@ -13,8 +13,9 @@ jax.distributed.initialize(f'localhost:{port}', num_processes=int(num_processes)
                            process_id=int(process_id))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from helpers import tiny_config  # noqa: E402
 from vidlang_jax import train  # noqa: E402
+
+from helpers import tiny_config  # noqa: E402
 
 config = tiny_config(total_steps=2, log_every=1, checkpoint_every=2, eval_every=100)
 config.model.video.depth = config.model.text.depth = 1

@@ -1,6 +1,5 @@
 """Save -> restore (onto another mesh) -> identical next step; damaged checkpoints; partial load."""
 
-import os
 import shutil
 
 import jax

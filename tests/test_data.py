@@ -7,10 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from vidlang_jax.data import builders
+from vidlang_jax.data import builders, video
+from vidlang_jax.data import caption_tokenizer as tok
 from vidlang_jax.data import moving_shapes as ms
-from vidlang_jax.data import tokenizer as tok
-from vidlang_jax.data import video
 from vidlang_jax.data import video_text_folder as vtf
 
 

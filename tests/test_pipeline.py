@@ -5,7 +5,7 @@ import pytest
 
 from vidlang_jax import pixels
 from vidlang_jax.data import builders, pipeline
-from vidlang_jax.data import tokenizer as tokenizer_lib
+from vidlang_jax.data import caption_tokenizer as tokenizer_lib
 
 from helpers import tiny_config
 

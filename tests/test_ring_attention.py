@@ -7,8 +7,11 @@ import pytest
 
 from vidlang_jax import sharding
 from vidlang_jax.ops.attention import dot_product_attention
-from vidlang_jax.ops.ring_attention import (causal_tiles_per_device, layout_permutation,
-                                            ring_attention)
+from vidlang_jax.ops.ring_attention import (
+  causal_tiles_per_device,
+  layout_permutation,
+  ring_attention,
+)
 
 
 def packed_segments(batch, length, rng):

@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vidlang_jax.data import moving_shapes, sequences, tokenizer as tokenizer_lib
+from vidlang_jax.data import caption_tokenizer as tokenizer_lib
+from vidlang_jax.data import moving_shapes, sequences
 from vidlang_jax.data.moving_shapes import parse_caption
 
 VOCAB = sequences.Vocabulary(text_size=50, num_codes=20)
@@ -131,7 +132,8 @@ def test_edge_fraction_puts_facts_first_or_right_before_the_questions(tmp_path):
     questions = len(tokens) - 3 * 4  # 3 questions `<fact> k v1 v2`
     if tokens[questions - 4] == fact:  # a fact ends the filler
       ends += 1
-      np.testing.assert_array_equal(tokens[questions - 4:questions], tokens[questions:questions + 4])
+      np.testing.assert_array_equal(tokens[questions - 4:questions],
+                                    tokens[questions:questions + 4])
   assert ends > 10
 
 

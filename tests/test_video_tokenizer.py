@@ -44,8 +44,8 @@ def test_tokenizer_shapes_and_detokenize():
 def test_foreground_weight_makes_object_errors_cost_more():
   """The same error costs more on the object than on the plain background with the weight,
   and the same without it."""
-  from vidlang_jax.pixels import MEAN_RGB, STD_RGB
   from vidlang_jax.models.video_tokenizer import reconstruction_loss
+  from vidlang_jax.pixels import MEAN_RGB, STD_RGB
 
   pixels = np.zeros((1, 1, 8, 8, 3), np.float32)
   pixels[:, :, 2:4, 2:4] = 1.0  # a white 2x2 object on black

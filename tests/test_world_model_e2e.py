@@ -10,7 +10,7 @@ import numpy as np
 
 from vidlang_jax import checkpoint as checkpoint_lib
 from vidlang_jax import config as config_lib
-from vidlang_jax import generate, sharding, train
+from vidlang_jax import generate, inputs, sharding, train
 from vidlang_jax.data import moving_shapes, sequences
 
 from helpers import eval_json
@@ -36,7 +36,7 @@ def test_tokenizer_then_two_lm_stages_then_generate(tiny_data_dir, tmp_path):
   tok.update(total_steps=2, log_every=1, checkpoint_every=2, batch_size=8,
              peak_flops_per_device=1e11)
   tok.data.update(name='moving_shapes/tiny', data_dir=tiny_data_dir, num_workers=0)
-  tok.evals.tokenizer.update(num_examples=8, batch_size=8)
+  tok.evals.video_tokenizer.update(num_examples=8, batch_size=8)
   train.train_and_evaluate(tok, tokenizer_dir)
 
   # The tiny stages are 1K and 4K tokens; rows here are 512 and 1024 to keep the test fast.
@@ -65,7 +65,8 @@ def test_tokenizer_then_two_lm_stages_then_generate(tiny_data_dir, tmp_path):
 
   # The training batches: clip rows, then a quarter of the rows with needle haystacks only;
   # the iterator restores from its state (the trainer checkpoints it).
-  rows = sequences.train_iterator(stage1_config.data, global_batch_size=8, seed=0)
+  rows = inputs.lookup(stage1_config.data).train_iterator(stage1_config.data,
+                                                         global_batch_size=8, seed=0)
   state = rows.get_state()
   batch = next(rows)
   has_fact = (batch['inputs'] == sequences.vocabulary(stage1_config.data).special('fact'))

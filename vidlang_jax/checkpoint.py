@@ -15,9 +15,10 @@ from typing import Any, Sequence
 import grain
 import jax
 import numpy as np
-from absl import logging as absl_logging
 import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from absl import logging as absl_logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vidlang_jax.sharding import tree_paths
 
@@ -41,7 +42,8 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     self.manager.save(step, args=ocp.args.Composite(**items))
 
-  def restore_latest(self, abstract_state: Any, data_iterator: Any | None) -> tuple[int, Any] | None:
+  def restore_latest(self, abstract_state: Any,
+                     data_iterator: Any | None) -> tuple[int, Any] | None:
     """Restores the newest checkpoint that loads, walking back past damaged ones.
 
     `abstract_state` leaves are `jax.ShapeDtypeStruct`s with shardings: the state is restored

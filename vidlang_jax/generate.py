@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from vidlang_jax import checkpoint, inputs, registry
-from vidlang_jax.data import pipeline, sequences, tokenizer as tokenizer_lib
+from vidlang_jax.data import caption_tokenizer as tokenizer_lib
+from vidlang_jax.data import pipeline, sequences
 from vidlang_jax.data import video as video_lib
 from vidlang_jax.pixels import image_grid, pixels_01
 

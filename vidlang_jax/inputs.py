@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from vidlang_jax import checkpoint as checkpoint_lib, registry
+from vidlang_jax import checkpoint as checkpoint_lib
+from vidlang_jax import registry
 from vidlang_jax.data import pipeline, sequences, video_tokens
 
 

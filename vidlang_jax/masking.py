@@ -101,7 +101,8 @@ def tube_mask(rng: jax.Array, batch: int, grid: Grid, ratio: float) -> Mask:
 
 
 def running_cell_mask(
-    batch: int, grid: Grid, ratio: float, offset: int | jax.Array = 0
+    batch: int, grid: Grid, ratio: float, offset: int | jax.Array = 0,
+    rng: jax.Array | None = None,
 ) -> Mask:
   """VideoMAE V2 running-cell masking (used for the decoder): cheap, and over a few frames
   every spatial position is seen.
@@ -111,8 +112,9 @@ def running_cell_mask(
   masked iff (p + ti + offset + 1) % 4 < m: a queue of m ones and 4 - m zeros that rotates by
   one position per frame. This is exactly `RunningCellMaskingGenerator.all_mask_maps[offset]`
   of the V2 code (its `run_cell` advances the pointer before the first frame, hence + 1);
-  V2 draws `offset` uniformly from 0..3 per sample, here it is an int or an int `[batch]`
-  array. Every cell position is kept in some frame once t >= 4. Masked tokens: N * m / 4.
+  V2 draws `offset` uniformly from 0..3 per sample, as here when `rng` is given; otherwise it
+  is an int or an int `[batch]` array. Every cell position is kept in some frame once t >= 4.
+  Masked tokens: N * m / 4.
   """
   t, h, w = grid
   n = _num_tokens(grid)
@@ -121,6 +123,8 @@ def running_cell_mask(
   per_cell = round(4 * ratio)
   if not 1 <= per_cell <= 3:
     raise ValueError(f'ratio {ratio} masks {per_cell} of 4 cell positions; need 1 to 3.')
+  if rng is not None:
+    offset = jax.random.randint(rng, (batch,), 0, 4)
   offset = jnp.broadcast_to(jnp.asarray(offset, jnp.int32), (batch,))  # [batch]
   ti = jnp.arange(t, dtype=jnp.int32)[:, None, None]  # [t, 1, 1]
   cell = (2 * (jnp.arange(h, dtype=jnp.int32)[:, None] % 2)

@@ -1,4 +1,4 @@
-"""optax optimizer from config: AdamW, warmup + cosine, clipping, regex weight-decay and freezing."""
+"""optax optimizer from config: AdamW, warmup + cosine, clipping, regex weight decay, freezing."""
 
 from __future__ import annotations
 

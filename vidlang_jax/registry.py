@@ -78,7 +78,7 @@ def _import_builtins() -> None:
       'vidlang_jax.evaluators.linear_probe',
       'vidlang_jax.evaluators.reconstruction',
       'vidlang_jax.evaluators.classification',
-      'vidlang_jax.evaluators.tokenizer',
+      'vidlang_jax.evaluators.video_tokenizer',
       'vidlang_jax.evaluators.world_model',
       'vidlang_jax.data.builders',
       'vidlang_jax.masking',

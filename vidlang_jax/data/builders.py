@@ -14,12 +14,11 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
-
 import tensorflow_datasets as tfds
 import tokenizers
 
 from vidlang_jax import registry
-from vidlang_jax.data import tokenizer as tokenizer_lib
+from vidlang_jax.data import caption_tokenizer as tokenizer_lib
 from vidlang_jax.data.moving_shapes import MovingShapes
 from vidlang_jax.data.video_text_folder import VideoTextFolder, format_summary
 

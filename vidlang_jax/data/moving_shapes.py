@@ -17,9 +17,9 @@ import re
 import sys
 from typing import Iterator, Sequence
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from vidlang_jax.data import video as video_lib
 

@@ -14,12 +14,14 @@ from typing import Any, Iterator
 
 import grain
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from vidlang_jax import pixels
-from vidlang_jax.data import builders, tokenizer as tokenizer_lib, video as video_lib
+from vidlang_jax.data import builders
+from vidlang_jax.data import caption_tokenizer as tokenizer_lib
+from vidlang_jax.data import video as video_lib
 from vidlang_jax.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
@@ -268,7 +270,7 @@ def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size:
     real = len(batch['video'])
     batch['mask'] = np.arange(batch_size) < real
     if real < batch_size:
-      pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - real, axis=0)])
+      pad = lambda x, n=batch_size - real: np.concatenate([x, np.repeat(x[-1:], n, axis=0)])
       batch = {k: (v if k == 'mask' else pad(v)) for k, v in batch.items()}
     yield batch
 

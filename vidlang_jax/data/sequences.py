@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vidlang_jax.data import tokenizer as tokenizer_lib
+from vidlang_jax.data import caption_tokenizer as tokenizer_lib
 from vidlang_jax.sharding import batch_sharding
 
 TEXT, VIDEO = 0, 1
@@ -161,8 +161,9 @@ def random_needle_document(vocab: Vocabulary, tokenizer, captions: Sequence[str]
   depths almost never put a fact first in the document or right before the questions, two
   depths the evaluator asks. The fact at depth 1 is asked first, so that training holds the
   evaluator's depth-1 case, the fact right before its own question. Depth 1 is still the one
-  depth not learned (README, "Needle curriculum"): in the questions the token 3 before an
-  answer is the previous answer, never the right one, and at depth 1 it is the right one.
+  depth not learned (docs/results.md, "Needle curriculum"): in the questions the token 3
+  before an answer is the previous answer, never the right one, and at depth 1 it is the right
+  one.
 
   Keys are text ids that occur nowhere in the filler, as LWM's city names do not occur in its
   essays: a key that is also a caption word would make `<fact> key` the only unambiguous cue.

@@ -28,10 +28,10 @@ import os
 import re
 from typing import Iterator, Sequence
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
+from etils import epath
 
 from vidlang_jax.data import video as video_lib
 

@@ -15,10 +15,10 @@ import os
 from typing import Any, Callable
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from vidlang_jax.data import builders, pipeline
 

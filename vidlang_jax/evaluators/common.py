@@ -15,9 +15,9 @@ import os
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from vidlang_jax import sharding

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidlang_jax import generate as generate_lib, inputs, registry
+from vidlang_jax import generate as generate_lib
+from vidlang_jax import inputs, registry
 from vidlang_jax.data import builders, sequences, video_tokens
 from vidlang_jax.evaluators import common
 from vidlang_jax.losses.language_model import MODALITIES, weighted_next_token_loss

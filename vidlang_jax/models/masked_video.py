@@ -10,6 +10,7 @@ ratio; a light decoder puts mask tokens back and predicts every tubelet's pixels
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from typing import Any, Callable
@@ -21,10 +22,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from vidlang_jax import masking, registry
-from vidlang_jax.pixels import pixels_01
 from vidlang_jax.models import Objective, layers
 from vidlang_jax.models.two_tower import TwoTower, _check_same, _l2_normalize, setup_text_and_head
 from vidlang_jax.models.video_vit import VideoViT, _resize_embedding, patchify
+from vidlang_jax.pixels import pixels_01
 
 Grid = tuple[int, int, int]
 
@@ -182,38 +183,45 @@ class MaskedVideoModel(nn.Module):
 
 
 def build_guide(config: ml_collections.ConfigDict) -> TwoTower | None:
-  """The frozen two-tower model whose patch-caption similarity drives text-guided masking."""
-  if config.masking.kind != 'text_guided':
+  """The frozen two-tower model whose patch-caption similarity drives text-guided masking
+  (`masking.guide_model`), or None."""
+  guide = config.masking.get('guide_model')
+  if guide is None:
     return None
-  guide = config.masking.guide_model.to_dict()
-  return TwoTower(**{k: v for k, v in guide.items() if k != 'name'})
+  return TwoTower(**{k: v for k, v in guide.to_dict().items() if k != 'name'})
 
 
 MaskFn = Callable[[Any, dict[str, jax.Array], jax.Array], masking.Mask]
+# What a registered mask may ask for by parameter name, besides the guide's features.
+_MASK_INPUTS = ('rng', 'batch', 'grid', 'ratio', 'random_fraction')
 
 
 def mask_fn(config: ml_collections.ConfigDict) -> MaskFn:
-  """`(params, batch, rng) -> Mask` for `config.masking`; `params['guide']` feeds text-guided
-  masking (the other kinds ignore params)."""
+  """`(params, batch, rng) -> Mask` for `config.masking`: the registered `mask.<kind>` gets
+  what its signature names among `_MASK_INPUTS`, and `patch_features` / `text_embedding`
+  from the frozen guide (`params['guide']`) when it names them (text-guided masking)."""
   spec = config.masking
   tubelet = tuple(config.model.video.tubelet)
+  make = registry.lookup(spec.kind, kind='mask')
+  wants = set(inspect.signature(make).parameters)
   guide = build_guide(config)
+  if 'patch_features' in wants and guide is None:
+    raise ValueError(f'masking.kind={spec.kind!r} ranks patches by a guide model: set '
+                     'masking.guide_model (the config argument `masking=text_guided` does).')
 
-  def make(params, batch, rng):
+  def make_mask(params, batch, rng):
     video = batch['video']
-    size, grid = video.shape[0], token_grid(video.shape, tubelet)
-    if spec.kind == 'text_guided':
+    offered = dict(rng=rng, batch=video.shape[0], grid=token_grid(video.shape, tubelet),
+                   ratio=spec.ratio, random_fraction=spec.get('random_fraction', 0.0))
+    kwargs = {k: v for k, v in offered.items() if k in wants}
+    if 'patch_features' in wants:
       variables = {'params': params['guide']}
-      patches = guide.apply(variables, video, method=guide.video_patch_embeddings)
-      caption = guide.apply(variables, batch['text'], method=guide.encode_text)
-      return masking.text_guided_mask(patches, caption, spec.ratio, rng=rng,
-                                      random_fraction=spec.random_fraction)
-    if spec.kind == 'running_cell':  # V2 draws the starting phase per sample.
-      offset = jax.random.randint(rng, (size,), 0, 4)
-      return masking.running_cell_mask(size, grid, spec.ratio, offset)
-    return registry.lookup(spec.kind, kind='mask')(rng, size, grid, spec.ratio)
+      kwargs['patch_features'] = guide.apply(variables, video,
+                                             method=guide.video_patch_embeddings)
+      kwargs['text_embedding'] = guide.apply(variables, batch['text'], method=guide.encode_text)
+    return make(**kwargs)
 
-  return make
+  return make_mask
 
 
 def split_guide(params: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -226,8 +234,8 @@ def split_guide(params: dict[str, Any]) -> tuple[dict[str, Any], Any]:
 def masked_video_objective(model: nn.Module, config: ml_collections.ConfigDict) -> Objective:
   """MAE reconstruction of the masked tubelets, plus (when `loss.contrastive_weight > 0`) the
   video-text contrastive loss on the pooled visible tokens, in one forward pass."""
-  kinds = ('tube', 'random', 'running_cell', 'text_guided')
-  if config.masking.kind not in kinds:
+  kinds = registry.names('mask')
+  if f'mask.{config.masking.kind}' not in kinds:
     raise ValueError(f'masking.kind={config.masking.kind!r}; expected one of {kinds}.')
   joint = config.loss.contrastive_weight > 0
   if joint:

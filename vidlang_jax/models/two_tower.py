@@ -94,7 +94,8 @@ def _check_same(config: ml_collections.ConfigDict, *pairs: tuple[str, str]) -> N
 
 @registry.register('objective.contrastive')
 def contrastive_objective(model: nn.Module, config: ml_collections.ConfigDict) -> Objective:
-  """Video-text contrastive training; `config.loss.kind` is 'sigmoid' (SigLIP) or 'softmax' (CLIP)."""
+  """Video-text contrastive training; `config.loss.kind` is 'sigmoid' (SigLIP) or 'softmax'
+  (CLIP)."""
   if config.loss.kind == 'sigmoid' and config.model.bias_init is None:
     raise ValueError("loss.kind='sigmoid' needs a learnable bias: set model.bias_init (SigLIP: "
                      "-10), or pick the loss with the config argument, e.g. two_tower.py:tiny,"

@@ -13,11 +13,12 @@ from vidlang_jax.evaluators import common
 from vidlang_jax.pixels import image_grid, pixels_01, psnr_01
 
 
-@registry.register('evaluator.tokenizer')
+@registry.register('evaluator.video_tokenizer')
 class TokenizerEvaluator(common.Evaluator):
   """`tokenizer_psnr` (dB, frames in [0, 1]), `code_usage` (fraction of the vocabulary seen on
   the split) and `code_perplexity` (exp of the code distribution's entropy; the vocabulary size
-  when codes are used evenly); saves `tokenizer/<step>.png` (original over reconstruction)."""
+  when codes are used evenly); saves `video_tokenizer/<step>.png` (original over
+  reconstruction)."""
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
@@ -40,7 +41,7 @@ class TokenizerEvaluator(common.Evaluator):
       if shown is None:
         shown = (np.asarray(pixels_01(batch['video'][:4])), np.asarray(pixels_01(recon[:4])))
     if shown is not None:
-      common.save_image(workdir, 'tokenizer', step, image_grid(*shown))
+      common.save_image(workdir, 'video_tokenizer', step, image_grid(*shown))
     probs = counts / counts.sum()
     entropy = -np.sum(probs[probs > 0] * np.log(probs[probs > 0]))
     return {'tokenizer_psnr': float(np.mean(np.concatenate(scores))),
