@@ -103,7 +103,7 @@ def read_annotations(path: str, *, path_column: str = 'path', caption_column: st
           raise ValueError(f'{path}, line {number}: missing key(s) {missing} '
                            f'(found {sorted(fields)}); {hint}.')
         rows.append(Annotation(str(fields[path_column]), str(fields[caption_column]),
-                               {k: str(fields[k]) for k in label_columns}))
+                               {k: str(fields[k]).strip() for k in label_columns}))
     else:
       reader = csv.DictReader(f)
       missing = [k for k in wanted if k not in (reader.fieldnames or [])]
