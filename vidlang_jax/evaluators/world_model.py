@@ -203,8 +203,8 @@ class TextToVideoEvaluator(_WorldModelEvaluator):
         temperature=self.eval_config.get('temperature', 1.0),
         top_k=self.eval_config.get('top_k', 0)) for i in range(count)])
     if jax.process_index() == 0:
-      common.save_image(workdir, 't2v', step, image_grid(self.session.frames(real),
-                                                                self.session.frames(samples)))
+      grid = image_grid(self.session.frames(real), self.session.frames(samples))
+      common.save_image(workdir, 't2v', step, grid)
     common.save_text(workdir, 't2v', step,
                      [f'rows {2 * i}-{2 * i + 1} (real, generated): {cache.captions[i]}'
                       for i in range(count)])
