@@ -32,15 +32,28 @@ def next_loss(mesh, step, state, config, seed):
   return state, float(metrics['loss'])
 
 
+def assert_same_state(actual, expected, **tolerance):
+  """Every leaf of two train states (params, each optimizer leaf, step), by path."""
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(expected)]
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for path, a, e in zip(paths, jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    if tolerance:
+      np.testing.assert_allclose(np.asarray(a), np.asarray(e), err_msg=path, **tolerance)
+    else:
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=path)
+
+
 def test_save_restore_identical_next_step(tmp_path):
   config = tiny_config()
   config.mesh.update(data=2, fsdp=4)
   mesh, new_state, _, step = setup_run(config)
   state, _ = next_loss(mesh, step, new_state(0), config, seed=0)
+  saved = jax.device_get(state)  # a host copy: the train step donates `state`
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'))
   checkpointer.save(1, state, None, config.to_dict())
   checkpointer.wait()
-  _, expected = next_loss(mesh, step, state, config, seed=1)
+  after, expected = next_loss(mesh, step, state, config, seed=1)
+  after = jax.device_get(after)
 
   # Restore onto a different mesh (fsdp=8): resharding on load.
   config.mesh.update(data=1, fsdp=8)
@@ -49,8 +62,13 @@ def test_save_restore_identical_next_step(tmp_path):
   assert restored_step == 1
   kernel = find_leaf(restored['params'], r'video/encoder/.*mlp/Dense_0/kernel')
   assert 'fsdp' in str(kernel.sharding.spec)
-  _, actual = next_loss(mesh2, step2, restored, config, seed=1)
+  # The whole state comes back as saved: params, Adam's moments and count, the step.
+  assert int(saved['step']) == 1
+  assert_same_state(jax.device_get(restored), saved)
+  restored_after, actual = next_loss(mesh2, step2, restored, config, seed=1)
   np.testing.assert_allclose(actual, expected, rtol=1e-5)
+  # And one more step from it gives the state the uninterrupted run reached.
+  assert_same_state(jax.device_get(restored_after), after, rtol=1e-5, atol=1e-6)
   checkpointer.close()
 
 

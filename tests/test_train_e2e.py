@@ -4,8 +4,11 @@ import json
 import os
 import shutil
 
+import jax
+import numpy as np
 import pytest
 
+from vidlang_jax import checkpoint as checkpoint_lib
 from vidlang_jax import train
 
 from helpers import tiny_config
@@ -47,6 +50,20 @@ def test_train_resume_and_eval(tiny_data_dir, tmp_path):
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '4', 'data'))
   assert os.path.exists(os.path.join(workdir, 'config.json'))
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+  # As if the run had died before step 4's checkpoint: the same command resumes from step 2
+  # and redoes steps 3-4 exactly (the data iterator continues where it was saved): the same
+  # losses and the same final params as the run that was not interrupted.
+  first_losses = {r['step']: r['loss'] for r in train_records}
+  first_params, _ = checkpoint_lib.read_params_tree(workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
+  train.train_and_evaluate(e2e_config(tiny_data_dir, total_steps=4), workdir)
+  redone = {r['step']: r['loss'] for r in read_metrics(workdir) if 'loss' in r}
+  assert sorted(redone) == [1, 2, 3, 4]
+  assert [redone[s] for s in (3, 4)] == [first_losses[s] for s in (3, 4)]
+  resumed_params, _ = checkpoint_lib.read_params_tree(workdir)
+  for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(first_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   # The same command with more steps resumes instead of starting again; here from step 2, as
   # if the run had died before step 4's checkpoint: steps 3-4 are redone, not logged twice.
