@@ -44,16 +44,20 @@ def _coerce(text: str, like: Any) -> Any:
   return float(value) if isinstance(like, float) else value
 
 
-def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a config file (no overrides, no validation); configs that extend
-  another (masked_video.py builds on two_tower.py) call it with their sibling's path."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'Config file {path!r} does not exist.')
-  module_spec = importlib.util.spec_from_file_location(
-      f'_vidlang_config_{os.path.splitext(os.path.basename(path))[0]}', path)
+def _exec_file(path: str) -> Any:
+  """The module defined by the Python file `path` (configs are files, not a package)."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(f'_vidlang_config_{name}', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module
+
+
+def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file (no overrides, no validation)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Config file {path!r} does not exist.')
+  return _exec_file(path).get_config(arg or None)
 
 
 def import_sibling(config_file: str, name: str) -> Any:
@@ -62,10 +66,7 @@ def import_sibling(config_file: str, name: str) -> Any:
   path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path!r} does not exist (imported by {config_file}).')
-  module_spec = importlib.util.spec_from_file_location(f'_vidlang_config_{name}', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module
+  return _exec_file(path)
 
 
 def load(spec: str, overrides: Mapping[str, str] | Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -118,8 +118,8 @@ def read_annotations(path: str, *, path_column: str = 'path', caption_column: st
 
 def label_names(rows: Sequence[Annotation], label_columns: Sequence[str]) -> dict[str, list[str]]:
   """Each label column's sorted distinct non-empty values: class id i is names[i]."""
-  return {column: sorted({row.labels[column].strip() for row in rows
-                          if row.labels[column].strip()}) for column in label_columns}
+  return {column: sorted({row.labels[column] for row in rows if row.labels[column]})
+          for column in label_columns}
 
 
 def split_of(path: str, fractions: tuple[float, float, float]) -> str:

@@ -21,8 +21,6 @@ class ClassificationEvaluator(common.Evaluator):
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
     self.classes = self.label_classes(list(self.config.model.num_classes.keys()))
-    self.subset_fields = tuple(dict(self.eval_config.get('subset') or {}))
-    self.require_fields(self.subset_fields)
     model = self.model
     self.predict = jax.jit(
         lambda params, batch: {k: v.argmax(-1) for k, v in

@@ -58,23 +58,14 @@ def save_text(workdir: str, folder: str, step: int, lines: Sequence[str]) -> str
   return path
 
 
-def format_results(results: dict[str, Any]) -> tuple[list[str], set[str]]:
-  """Default summary lines of an evaluator's results: none (the caller prints `key: value`).
-
-  Evaluators with a better table override this and return (lines, the keys they printed).
-  """
-  del results
-  return [], set()
-
-
 class Evaluator:
   """Set-up shared by the evaluators that read clips of the run's dataset.
 
   `split_keys` names the eval-config keys that hold split names (checked when built).
+  `subset_fields` are the dataset fields `eval_config.subset` ({field: value}) selects on.
   """
 
   split_keys: tuple[str, ...] = ('split',)
-  format_results = staticmethod(format_results)
 
   def __init__(self, *, model, config: ml_collections.ConfigDict,
                eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -88,6 +79,15 @@ class Evaluator:
     self.batch_size = eval_config.get('batch_size', config.batch_size)
     self.builder = builders.get_builder(config.data.name, config.data.get('data_dir'),
                                         **config.data.get('builder_kwargs', {}))
+    self.subset_fields = tuple(dict(eval_config.get('subset') or {}))
+    self.require_fields(self.subset_fields)
+
+  @staticmethod
+  def format_results(results: dict[str, Any]) -> tuple[list[str], set[str]]:
+    """Summary lines of this evaluator's results: none by default (the caller prints
+    `key: value`); evaluators with a better table return (lines, the keys they printed)."""
+    del results
+    return [], set()
 
   def label_classes(self, labels: Sequence[str]) -> dict[str, list[str]]:
     """`{label: class names}` for `labels`, from the dataset's features; `Unavailable` naming
@@ -101,7 +101,8 @@ class Evaluator:
 
   def require_fields(self, fields: Sequence[str]) -> None:
     """`Unavailable` when the dataset lacks any of the integer `fields` (e.g. a subset key)."""
-    missing = [f for f in fields if f not in builders.integer_fields(self.builder)]
+    known = builders.integer_fields(self.builder)
+    missing = [f for f in fields if f not in known]
     if missing:
       raise Unavailable(f'{self.config.data.name} has no field(s) {missing}')
 

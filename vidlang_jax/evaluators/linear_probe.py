@@ -68,8 +68,6 @@ class LinearProbeEvaluator(common.Evaluator):
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
     self.classes = self.label_classes(self.eval_config.labels)
-    self.subset_fields = tuple(dict(self.eval_config.get('subset') or {}))
-    self.require_fields(self.subset_fields)
     model, config = self.model, self.config
     self.features = jax.jit(
         lambda params, batch: model.apply({'params': params}, batch['video'],

@@ -158,8 +158,6 @@ class CaptioningEvaluator(_WorldModelEvaluator):
     if self.parse is None:
       raise common.Unavailable(f'{self.config.data.name} has no caption parser to score '
                                'generated captions with')
-    self.subset_fields = tuple(dict(self.eval_config.get('subset') or {}))
-    self.require_fields(self.subset_fields)
     self.joint = [tuple(pair) for pair in self.eval_config.get('joint', [('shape', 'motion')])]
 
   def run(self, params: Any, *, step: int, workdir: str) -> dict[str, float]:
