@@ -99,6 +99,12 @@ def _resolve_checkpoint(path: str) -> tuple[str, int]:
   return path, steps[-1]
 
 
+def checkpoint_name(path: str) -> str:
+  """'<dir>/<step>' of the checkpoint `read_params_tree(path)` reads, without reading it."""
+  directory, step = _resolve_checkpoint(path)
+  return f'{directory}/{step}'
+
+
 def read_params_tree(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, str]:
   """The params tree of a run's checkpoint (a workdir, its checkpoints/ or one step),
   replicated over `mesh`, else on one device, and a name for it ('<dir>/<step>')."""

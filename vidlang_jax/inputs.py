@@ -9,6 +9,7 @@ runs a trained video tokenizer over the clips.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,9 +35,7 @@ def lookup(data_config: ml_collections.ConfigDict) -> InputFormat:
   return registry.lookup(data_config.get('format') or 'clips', kind='input')
 
 
-def load_tokenizer_run(workdir: str) -> tuple[Any, Any, ml_collections.ConfigDict, str]:
-  """(VideoTokenizer module, params tree, the run's config, checkpoint name) of a tokenizer
-  run's latest checkpoint."""
+def _tokenizer_run_config(workdir: str) -> ml_collections.ConfigDict:
   config_path = os.path.join(workdir, 'config.json')
   if not os.path.exists(config_path):
     raise FileNotFoundError(
@@ -46,6 +45,13 @@ def load_tokenizer_run(workdir: str) -> tuple[Any, Any, ml_collections.ConfigDic
     config = ml_collections.ConfigDict(json.load(f))
   if config.model.name != 'video_tokenizer':
     raise ValueError(f'{workdir} is a {config.model.name!r} run, not a video_tokenizer run.')
+  return config
+
+
+def load_tokenizer_run(workdir: str) -> tuple[Any, Any, ml_collections.ConfigDict, str]:
+  """(VideoTokenizer module, params tree, the run's config, checkpoint name) of a tokenizer
+  run's latest checkpoint."""
+  config = _tokenizer_run_config(workdir)
   kwargs = {k: tuple(v) if isinstance(v, list) else v
             for k, v in config.model.to_dict().items() if k != 'name'}
   model = registry.lookup('model.video_tokenizer')(**kwargs)
@@ -55,15 +61,23 @@ def load_tokenizer_run(workdir: str) -> tuple[Any, Any, ml_collections.ConfigDic
 
 def token_cache(data_config: ml_collections.ConfigDict, split: str,
                 max_examples: int | None = None) -> video_tokens.TokenCache:
-  """`split` as video codes of the tokenizer run `data.video_tokenizer` (built once)."""
-  model, params, tokenizer_config, name = load_tokenizer_run(data_config.video_tokenizer)
-  num_codes = math.prod(tokenizer_config.model.levels)
+  """`split` as video codes of the tokenizer run `data.video_tokenizer` (built once; the
+  tokenizer's params are read only when the cache has to be built)."""
+  workdir = data_config.video_tokenizer
+  num_codes = math.prod(_tokenizer_run_config(workdir).model.levels)
   if num_codes != data_config.num_codes:
     raise ValueError(f'data.num_codes={data_config.num_codes} but the tokenizer in '
-                     f'{data_config.video_tokenizer} has {num_codes} codes.')
-  tokenize = jax.jit(lambda p, v: model.apply({'params': p}, v, method=model.tokenize))
+                     f'{workdir} has {num_codes} codes.')
+
+  @functools.cache
+  def tokenizer():
+    model, params, _, _ = load_tokenizer_run(workdir)
+    apply = jax.jit(lambda p, v: model.apply({'params': p}, v, method=model.tokenize))
+    return lambda video: apply(params, video)
+
   return video_tokens.TokenCache(video_tokens.build_token_cache(
-      data_config, split, lambda video: tokenize(params, video), name, max_examples))
+      data_config, split, lambda video: tokenizer()(video), checkpoint_lib.checkpoint_name(workdir),
+      max_examples))
 
 
 def lm_train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
