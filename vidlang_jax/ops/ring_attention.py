@@ -104,8 +104,8 @@ def _merge(x, axis=1):
 def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, scale, block_q,
                    block_kv):
   """Online-softmax update of `acc = (o, m, l)` for the local queries against one kv shard.
-
-  o `[b, Lq, kvh, g, d]`, m and l `[b, kvh, g, Lq]`, all fp32.
+  o `[b, Lq, kvh, g, d]`, m and l `[b, kvh, g, Lq]`, all fp32. Also returns how many tiles
+  were computed (not skipped), the kernel's own count of its work.
   """
   kv_tiles = (_split(k, block_kv), _split(v, block_kv), _split(kv_pos, block_kv),
               _split(kv_seg, block_kv))
@@ -114,11 +114,10 @@ def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, scale,
     o, m, l, q_t, qp, qs = args
 
     def per_kv_tile(carry, tile):
-      o, m, l = carry
       k_t, v_t, kp, ks = tile
 
       def compute(carry):
-        o, m, l = carry
+        o, m, l, computed = carry
         s, mask = _tile_logits(q_t, k_t, qp, kp, qs, ks, causal, scale)
         m_new = jnp.maximum(m, s.max(-1))
         p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
@@ -127,17 +126,17 @@ def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, scale,
         pv = jnp.einsum('bhgqk,bkhd->bqhgd', p.astype(v_t.dtype), v_t,
                         preferred_element_type=jnp.float32)
         o = o * jnp.moveaxis(correction, -1, 1)[..., None] + pv
-        return o, m_new, l
+        return o, m_new, l, computed + 1
 
-      return lax.cond(_skip(qp, kp, qs, ks, causal), lambda c: c, compute, (o, m, l)), None
+      return lax.cond(_skip(qp, kp, qs, ks, causal), lambda c: c, compute, carry), None
 
-    (o, m, l), _ = lax.scan(per_kv_tile, (o, m, l), kv_tiles)
-    return o, m, l
+    carry, _ = lax.scan(per_kv_tile, (o, m, l, jnp.zeros((), jnp.int32)), kv_tiles)
+    return carry
 
   o, m, l = acc
   out = lax.map(per_q_tile, (_split(o, block_q), _split(m, block_q, 3), _split(l, block_q, 3),
                              _split(q, block_q), _split(q_pos, block_q), _split(q_seg, block_q)))
-  return _merge(out[0]), _merge(out[1], 3), _merge(out[2], 3)
+  return (_merge(out[0]), _merge(out[1], 3), _merge(out[2], 3)), out[3].sum()
 
 
 def _ring_permute(x, axis_name, size):
@@ -145,7 +144,8 @@ def _ring_permute(x, axis_name, size):
 
 
 def _ring_forward(q, k, v, q_pos, q_seg, *, axis_name, size, causal, block_q, block_kv):
-  """Per-device body: q `[b, Lq, kvh, g, d]`; returns (out, logsumexp `[b, kvh, g, Lq]`)."""
+  """Per-device body: q `[b, Lq, kvh, g, d]`; returns (out, logsumexp `[b, kvh, g, Lq]`, tiles
+  computed)."""
   scale = 1.0 / math.sqrt(q.shape[-1])
   b, lq, kvh, g, d = q.shape
   acc = (jnp.zeros((b, lq, kvh, g, d), jnp.float32),
@@ -153,18 +153,19 @@ def _ring_forward(q, k, v, q_pos, q_seg, *, axis_name, size, causal, block_q, bl
          jnp.zeros((b, kvh, g, lq), jnp.float32))
 
   def step(carry, _):
-    acc, k, v, kv_pos, kv_seg = carry
-    acc = _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, causal=causal,
-                         scale=scale, block_q=block_q, block_kv=block_kv)
+    acc, computed, k, v, kv_pos, kv_seg = carry
+    acc, tiles = _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, causal=causal,
+                                scale=scale, block_q=block_q, block_kv=block_kv)
     k, v, kv_pos, kv_seg = (_ring_permute(x, axis_name, size) for x in (k, v, kv_pos, kv_seg))
-    return (acc, k, v, kv_pos, kv_seg), None
+    return (acc, computed + tiles, k, v, kv_pos, kv_seg), None
 
-  (acc, *_), _ = lax.scan(step, (acc, k, v, q_pos, q_seg), None, length=size)
+  (acc, computed, *_), _ = lax.scan(step, (acc, jnp.zeros((), jnp.int32), k, v, q_pos, q_seg),
+                                    None, length=size)
   o, m, l = acc
   safe_l = jnp.where(l == 0, 1.0, l)  # rows that see nothing (padding) return zeros
   out = o / jnp.moveaxis(safe_l, -1, 1)[..., None]
   lse = jnp.where(l == 0, jnp.inf, m + jnp.log(safe_l))
-  return out.astype(q.dtype), lse
+  return out.astype(q.dtype), lse, computed
 
 
 # ----------------------------------------------------------------------------- backward
@@ -240,8 +241,8 @@ def _ring(q, k, v, q_pos, q_seg, axis_name, size, causal, block_q, block_kv):
 
 
 def _ring_fwd(q, k, v, q_pos, q_seg, axis_name, size, causal, block_q, block_kv):
-  out, lse = _ring_forward(q, k, v, q_pos, q_seg, axis_name=axis_name, size=size,
-                           causal=causal, block_q=block_q, block_kv=block_kv)
+  out, lse, _ = _ring_forward(q, k, v, q_pos, q_seg, axis_name=axis_name, size=size,
+                              causal=causal, block_q=block_q, block_kv=block_kv)
   return out, (q, k, v, q_pos, q_seg, out, lse)
 
 
@@ -256,6 +257,44 @@ _ring.defvjp(_ring_fwd, _ring_bwd)
 
 
 # ----------------------------------------------------------------------------- public
+
+
+def _sharded(kernel, q, k, v, *, mesh, segment_ids, positions, axis_name, batch_axes,
+             block_size, out_specs):
+  """Checks the shapes, fills in positions and segments, and runs `kernel(q, k, v, pos, seg,
+  kv_heads, shards, block)` per device under `shard_map`."""
+  batch, length, heads, _ = q.shape
+  kv_heads = k.shape[2]
+  if heads % kv_heads:
+    raise ValueError(f'heads={heads} is not a multiple of kv_heads={kv_heads}.')
+  if axis_name not in mesh.shape:
+    raise ValueError(f'ring attention shards the sequence over mesh axis {axis_name!r}, which '
+                     f'the mesh {dict(mesh.shape)} does not have (run under jax.set_mesh).')
+  shards = mesh.shape[axis_name]
+  if length % shards:
+    raise ValueError(f'sequence length {length} is not divisible by the {shards} devices of '
+                     f'mesh axis {axis_name!r}.')
+  local = length // shards
+  block = min(block_size, local)
+  if local % block:
+    raise ValueError(f'per-device length {local} is not divisible by block_size {block}.')
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  if segment_ids is None:
+    segment_ids = jnp.ones((batch, length), jnp.int32)
+  batch_axes = tuple(a for a in batch_axes if a in mesh.shape and mesh.shape[a] > 1
+                     and batch % mesh.shape[a] == 0) or None
+  qkv_spec = P(batch_axes, axis_name, None, None)
+  token_spec = P(batch_axes, axis_name)
+
+  def body(q, k, v, pos, seg):
+    q = q.reshape(q.shape[:2] + (kv_heads, heads // kv_heads, q.shape[-1]))
+    return kernel(q, k, v, pos.astype(jnp.int32), seg.astype(jnp.int32), shards, block)
+
+  out_specs = out_specs(qkv_spec, axis_name, batch_axes)
+  return jax.shard_map(body, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, token_spec,
+                                                  token_spec),
+                       out_specs=out_specs, check_vma=False)(q, k, v, positions, segment_ids)
 
 
 def ring_attention(
@@ -285,37 +324,40 @@ def ring_attention(
 
   Returns `[batch, length, heads, head_dim]` in q's dtype, sharded like q.
   """
-  batch, length, heads, head_dim = q.shape
-  kv_heads = k.shape[2]
-  if heads % kv_heads:
-    raise ValueError(f'heads={heads} is not a multiple of kv_heads={kv_heads}.')
-  if axis_name not in mesh.shape:
-    raise ValueError(f'ring attention shards the sequence over mesh axis {axis_name!r}, which '
-                     f'the mesh {dict(mesh.shape)} does not have (run under jax.set_mesh).')
-  shards = mesh.shape[axis_name]
-  if length % shards:
-    raise ValueError(f'sequence length {length} is not divisible by the {shards} devices of '
-                     f'mesh axis {axis_name!r}.')
-  local = length // shards
-  block = min(block_size, local)
-  if local % block:
-    raise ValueError(f'per-device length {local} is not divisible by block_size {block}.')
-  if positions is None:
-    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-  if segment_ids is None:
-    segment_ids = jnp.ones((batch, length), jnp.int32)
-  batch_axes = tuple(a for a in batch_axes if a in mesh.shape and mesh.shape[a] > 1
-                     and batch % mesh.shape[a] == 0) or None
-  qkv_spec = P(batch_axes, axis_name, None, None)
-  token_spec = P(batch_axes, axis_name)
-  groups = heads // kv_heads
+  heads, head_dim = q.shape[2:]
 
-  def body(q, k, v, pos, seg):
-    q = q.reshape(q.shape[:2] + (kv_heads, groups, head_dim))
-    out = _ring(q, k, v, pos.astype(jnp.int32), seg.astype(jnp.int32), axis_name, shards,
-                causal, block, block)
+  def kernel(q, k, v, pos, seg, shards, block):
+    out = _ring(q, k, v, pos, seg, axis_name, shards, causal, block, block)
     return out.reshape(out.shape[:2] + (heads, head_dim))
 
-  return jax.shard_map(body, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, token_spec,
-                                                  token_spec),
-                       out_specs=qkv_spec, check_vma=False)(q, k, v, positions, segment_ids)
+  return _sharded(kernel, q, k, v, mesh=mesh, segment_ids=segment_ids, positions=positions,
+                  axis_name=axis_name, batch_axes=batch_axes, block_size=block_size,
+                  out_specs=lambda qkv_spec, *_: qkv_spec)
+
+
+def computed_tiles(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh,
+    causal: bool = False,
+    segment_ids: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    axis_name: str = 'sequence',
+    batch_axes: tuple[str, ...] = ('data', 'fsdp'),
+    block_size: int = 512,
+) -> jax.Array:
+  """`[num_shards]`: how many `[block, block]` tiles each device's forward pass computed for
+  `ring_attention` with these arguments (the others it skipped), counted inside the kernel.
+  With batch sharding the count is that of the first batch shard."""
+
+  def kernel(q, k, v, pos, seg, shards, block):
+    _, _, computed = _ring_forward(q, k, v, pos, seg, axis_name=axis_name, size=shards,
+                                   causal=causal, block_q=block, block_kv=block)
+    return computed[None]
+
+  counts = _sharded(kernel, q, k, v, mesh=mesh, segment_ids=segment_ids, positions=positions,
+                    axis_name=axis_name, batch_axes=batch_axes, block_size=block_size,
+                    out_specs=lambda _, axis, batch_axes: P((*(batch_axes or ()), axis)))
+  return counts.reshape(-1, mesh.shape[axis_name])[0]
