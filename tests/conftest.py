@@ -18,3 +18,9 @@ def tiny_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('datasets'))
   builders.prepare('moving_shapes/tiny', data_dir)
   return data_dir
+
+
+def pytest_addoption(parser):
+  parser.addoption('--update-golden', action='store_true', default=False,
+                   help='rewrite tests/golden/*.json from the current code instead of '
+                        'comparing against them (review the diff before committing)')

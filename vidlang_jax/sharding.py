@@ -101,15 +101,23 @@ def strip_boxes(tree: Any) -> Any:
 
 
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:
-  """Drops mesh axes from dimensions they do not divide (e.g. a 3-wide bias over fsdp=8)."""
-  fitted = []
-  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+  """Drops mesh axes from dimensions they do not divide (e.g. a 3-wide bias over fsdp=8).
+
+  The leaf then holds a full copy of that dimension on every device, which can cost a lot of
+  memory for a big weight (an odd vocabulary over `tensor`), so it is a warning naming the
+  leaf, the dimensions and the axes, once per leaf.
+  """
+  fitted, dropped = [], []
+  for i, (dim, axes) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
     axes_tuple = (axes,) if isinstance(axes, str) else tuple(axes or ())
     size = math.prod(mesh.shape[a] for a in axes_tuple)
     if size > 1 and dim % size:
-      log.info('Replicating dim of size %d of %s (not divisible by %s).', dim, name, axes)
+      dropped.append(f'dim {i} (size {dim}) over {axes!r} (size {size})')
       axes = None
     fitted.append(axes)
+  if dropped:
+    log.warning('Replicating %s of %s: the mesh axes do not divide it.', ', '.join(dropped),
+                name)
   return P(*fitted)
 
 
