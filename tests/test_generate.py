@@ -61,6 +61,54 @@ def test_top_k_sampling_stays_in_the_top_k():
   assert all(p in row for p, row in zip(np.asarray(picks), top3))
 
 
+@pytest.mark.parametrize('temperature', [1.0, 2.0])
+def test_top_k_samples_the_renormalised_softmax(temperature):
+  """20,000 draws from one row: the top 3 ids at softmax(logits / T) renormalised over them,
+  nothing else; greedy (T = 0) and top-1 always give the argmax."""
+  row = np.array([2.0, 1.0, 0.5, 0.4, -1.0, 3.0])  # ranks: 5, 0, 1, then 2 (cut)
+  logits = jnp.asarray(np.tile(row, (20_000, 1)))
+  picks = np.asarray(generate.sample_token(logits, jax.random.key(0), temperature, 3))
+  top = np.array([5, 0, 1])
+  want = np.exp(row[top] / temperature) / np.exp(row[top] / temperature).sum()
+  got = np.array([(picks == i).mean() for i in top])
+  np.testing.assert_allclose(got, want, atol=0.015)  # ~4 standard errors
+  assert got.sum() == 1.0
+  for temperature, top_k in [(0.0, 0), (0.0, 3), (1.0, 1)]:
+    greedy = generate.sample_token(logits[:100], jax.random.key(1), temperature, top_k)
+    assert (np.asarray(greedy) == 5).all()
+
+
+def test_sampled_generation_differs_from_greedy(model_and_params):
+  model, params = model_and_params
+  prompt = np.random.default_rng(0).integers(0, VOCAB.size, (4, 5))
+  greedy = generate.Generator(model)(params, prompt, 8)
+  sampler = generate.Generator(model, temperature=1.0, top_k=10)
+  first, again = (sampler(params, prompt, 8, jax.random.key(seed)) for seed in (0, 0))
+  np.testing.assert_array_equal(first, again)  # one key, one sample
+  assert (first != greedy).any() and (sampler(params, prompt, 8, jax.random.key(1)) != first).any()
+
+
+def test_weighted_loss_by_hand_per_modality():
+  """Four positions over a 3-id vocabulary: text (weight 0.5), video (2), text (0: not
+  trained), text (1)."""
+  logits = jnp.asarray([[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [5.0, 1.0, 0.0], [0.0, 3.0, 1.0]]])
+  targets = jnp.asarray([[1, 0, 2, 1]])
+  weights = jnp.asarray([[0.5, 2.0, 0.0, 1.0]])
+  modality = jnp.asarray([[0, 1, 0, 0]])
+  loss, metrics = weighted_next_token_loss(logits, targets, weights, modality)
+  nll = [np.log(3.0),  # uniform over 3 ids
+         np.log(np.exp(2.0) + 2.0) - 2.0,  # the target has logit 2, the others 0
+         None,
+         np.log(1.0 + np.exp(3.0) + np.exp(1.0)) - 3.0]
+  np.testing.assert_allclose(loss, (0.5 * nll[0] + 2.0 * nll[1] + nll[3]) / 3.5, rtol=1e-6)
+  # Per modality: the unweighted mean over its trained tokens.
+  np.testing.assert_allclose(metrics['text_loss'], (nll[0] + nll[3]) / 2, rtol=1e-6)
+  np.testing.assert_allclose(metrics['video_loss'], nll[1], rtol=1e-6)
+  # argmax: id 0 (ties go to the first), 0, -, 1: right at the video and the last text token.
+  np.testing.assert_allclose(metrics['accuracy'], 3.0 / 3.5, rtol=1e-6)
+  assert int(metrics['trained_tokens']) == 3
+
+
 def test_weighted_loss_ignores_zero_weight_tokens():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(2, 10, VOCAB.size)), jnp.float32)
