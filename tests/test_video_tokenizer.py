@@ -22,10 +22,17 @@ def test_fsq_ids_round_trip_and_cover_the_vocabulary():
 
 
 def test_fsq_gradient_passes_straight_through():
-  fsq = FSQ((5, 5))
-  grad = jax.grad(lambda z: jnp.sum(fsq.quantize(z) * jnp.array([1.0, -2.0])))(
-      jnp.array([0.1, -0.3]))
-  assert np.all(np.abs(grad) > 0)
+  """Only the rounding is skipped backward: the gradient is the bounding tanh's,
+  half * (1 - tanh^2(z + shift)) / (levels // 2) per dimension, times the upstream gradient."""
+  levels = np.array([8.0, 5.0])
+  fsq = FSQ(levels.astype(int))
+  z = jnp.array([[0.1, -0.3], [1.7, 0.9], [-2.5, 0.0]])
+  upstream = jnp.array([1.0, -2.0])
+  grad = jax.grad(lambda z: jnp.sum(fsq.quantize(z) * upstream))(z)
+  half = (levels - 1) * (1 + 1e-3) / 2
+  shift = np.arctanh(np.where(levels % 2 == 0, 0.5, 0.0) / half)
+  want = np.asarray(upstream) * half * (1 - np.tanh(np.asarray(z) + shift) ** 2) / (levels // 2)
+  np.testing.assert_allclose(grad, want, rtol=1e-5)
 
 
 def test_tokenizer_shapes_and_detokenize():
