@@ -196,8 +196,10 @@ def test_packing_keeps_documents_whole_and_separate():
     for segment in np.unique(row['segment_ids'][~pad]):
       where = row['segment_ids'] == segment
       assert (row['positions'][where] == np.arange(where.sum())).all()  # restart per doc
-      seen.append(tuple(row['inputs'][where]))
-  assert sorted(seen) == sorted(tuple(d['inputs']) for d in docs)
+      seen.append(tuple(tuple(row[k][where].tolist()) for k in sequences.DOCUMENT_KEYS))
+  # Every document's inputs, targets, loss weights and modality, each once and unchanged.
+  assert sorted(seen) == sorted(tuple(tuple(d[k].tolist()) for k in sequences.DOCUMENT_KEYS)
+                                for d in docs)
 
 
 def test_too_long_document_names_the_setting():
