@@ -87,6 +87,14 @@ def test_tokenizer_then_two_lm_stages_then_generate(tiny_data_dir, tmp_path):
   assert before.keys() == after.keys()
   for path in before:
     np.testing.assert_array_equal(after[path], before[path])
+  # The larger theta reaches the model: with the same params, stage 2's logits equal stage 1's
+  # at position 0 (no rotation) and differ at every later position.
+  tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, (1, 64))
+  params2, _ = checkpoint_lib.read_params_tree(stage2)
+  logits = [np.asarray(train.build_model(c).clone(attention='dot_product').apply(
+      {'params': params2}, tokens)) for c in (small_lm(spec, tiny_data_dir), config)]
+  np.testing.assert_allclose(logits[1][:, 0], logits[0][:, 0], atol=1e-5)
+  assert (np.abs(logits[1] - logits[0]).max(axis=-1)[:, 1:] > 1e-4).all()
 
   # Both directions from the trained stage-1 run.
   model = train.build_model(config)
