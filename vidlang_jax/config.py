@@ -93,7 +93,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
       raise ConfigError(f'Unknown config key {dotted!r}.')
     if isinstance(value, str) and not isinstance(node[leaf], str):
-      value = _coerce(value, node[leaf]) if node[leaf] is not None else _literal_or_str(value)
+      try:
+        value = (_literal_or_str(value) if node[leaf] is None or value == 'None'
+                 else _coerce(value, node[leaf]))
+      except (ValueError, SyntaxError, TypeError) as e:
+        raise ConfigError(f'Override {dotted}={value}: expected a '
+                          f'{type(node[leaf]).__name__} like {node[leaf]!r}.') from e
     node[leaf] = value
 
 

@@ -13,10 +13,12 @@ Rerunning `train` with the same workdir resumes from its latest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -41,6 +43,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
       raise  # not an override problem: e.g. a bug inside the config file itself
     sys.exit(f'error: unknown config key {", ".join(unknown)!r} ({e}).')
   except flags.Error as e:
+    lines = str(e).strip().splitlines()
+    if 'Traceback (most recent call last):' in lines and 'ConfigError: ' in lines[-1]:
+      # A config argument the config file rejects (e.g. `:tinny`): its message, not the
+      # traceback of the file that raised it, which config_flags puts in the error.
+      sys.exit(f'error: {lines[0]} {lines[-1].partition("ConfigError: ")[2]}')
     sys.exit(f'error: {e}')
 
 
@@ -52,13 +59,33 @@ def _validated_config():
   config = _CONFIG.value
   try:
     config_lib.validate(config)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, OSError) as e:  # OSError: config_flags could not load it
     sys.exit(f'error: {e}')
   if _DATA_DIR.value:
     config.unlock()
     config.data.data_dir = _DATA_DIR.value
     config.lock()
   return config
+
+
+# Raised by this package about what the user asked for (a config value, a dataset or split
+# name, a path, a size; each message names it) or found (a non-finite loss).
+USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@contextlib.contextmanager
+def user_errors():
+  """Ends the command with `error: <message>` (exit status 1) instead of a traceback when
+  this package raised one of `USER_ERRORS`: the message is the whole story. The same types
+  raised inside a library (a bug, or something unforeseen) keep their traceback."""
+  try:
+    yield
+  except USER_ERRORS as e:
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames or not os.path.abspath(frames[-1].filename).startswith(_PACKAGE_DIR + os.sep):
+      raise
+    sys.exit(f'error: {e.args[0] if isinstance(e, KeyError) and e.args else e}')
 
 
 def _setup_logging() -> None:
@@ -90,18 +117,19 @@ def main(argv: list[str]) -> None:
   config = _validated_config()
   from vidlang_jax import train
 
-  if command in extra:
-    extra[command](config, _WORKDIR.value, train.build_model(config))
-  elif command == 'train':
-    train.train_and_evaluate(config, _WORKDIR.value)
-    path = os.path.join(_WORKDIR.value, 'eval', f'{config.total_steps}.json')
-    if os.path.exists(path):  # The final evaluation (also when the run had already finished).
-      with open(path, encoding='utf-8') as f:
-        print_results(config, json.load(f), path)
-  else:
-    results = train.evaluate(config, _WORKDIR.value)
-    print_results(config, results,
-                  os.path.join(_WORKDIR.value, 'eval', f'{results["step"]}.json'))
+  with user_errors():
+    if command in extra:
+      extra[command](config, _WORKDIR.value, train.build_model(config))
+    elif command == 'train':
+      train.train_and_evaluate(config, _WORKDIR.value)
+      path = os.path.join(_WORKDIR.value, 'eval', f'{config.total_steps}.json')
+      if os.path.exists(path):  # The final evaluation (also when the run had already finished).
+        with open(path, encoding='utf-8') as f:
+          print_results(config, json.load(f), path)
+    else:
+      results = train.evaluate(config, _WORKDIR.value)
+      print_results(config, results,
+                    os.path.join(_WORKDIR.value, 'eval', f'{results["step"]}.json'))
 
 
 def print_results(config, results: dict, path: str) -> None:
@@ -124,7 +152,8 @@ def run() -> None:
   if len(sys.argv) > 1 and sys.argv[1] == 'data':  # Dataset building has its own flags.
     from vidlang_jax.data import builders
 
-    builders.main(sys.argv[2:])
+    with user_errors():
+      builders.main(sys.argv[2:])
     return
   from vidlang_jax import registry
 

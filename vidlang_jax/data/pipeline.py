@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from typing import Any, Iterator
 
 import grain
@@ -22,7 +23,7 @@ from vidlang_jax import pixels
 from vidlang_jax.data import builders
 from vidlang_jax.data import caption_tokenizer as tokenizer_lib
 from vidlang_jax.data import video as video_lib
-from vidlang_jax.sharding import batch_sharding
+from vidlang_jax.sharding import BATCH_AXES, batch_sharding
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,14 @@ def resize_crop(frames: np.ndarray, box: tuple[float, float, float, float],
 
 def random_box(rng: np.random.Generator, height: int, width: int,
                scale: tuple[float, float], ratio: tuple[float, float]) -> tuple[float, ...]:
-  """Inception-style random resized crop box (area fraction `scale`, aspect `ratio`)."""
+  """Inception-style random resized crop box (aspect `ratio`, width / height).
+
+  The area fraction `scale` is of the largest square in the frame, not of the whole frame: the
+  output is square and `ratio` stays near 1, so on a frame that is not square (e.g. 32x48) a
+  box of 0.8-1.0 of the frame's area would never fit and every clip would get the centre crop.
+  """
   for _ in range(10):
-    area = height * width * rng.uniform(*scale)
+    area = min(height, width) ** 2 * rng.uniform(*scale)
     aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
     box_w, box_h = np.sqrt(area * aspect), np.sqrt(area / aspect)
     if box_w <= width and box_h <= height:
@@ -278,6 +284,11 @@ def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size:
 def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
                mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes, dtypes and shardings of one global training batch, without reading any data."""
+  data_parallel = {axis: mesh.shape[axis] for axis in BATCH_AXES}
+  if global_batch_size % math.prod(data_parallel.values()):
+    raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
+                     f'{math.prod(data_parallel.values())} devices of the batch mesh axes '
+                     f'{data_parallel}: each takes an equal share of the batch.')
   size, frames = data_config.image_size, data_config.num_frames
   shapes = {'video': ((global_batch_size, frames, size, size, 3), np.float32),
             'text': ((global_batch_size, data_config.max_text_len), np.int32)}
