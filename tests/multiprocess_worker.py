@@ -3,7 +3,7 @@
 import os
 import sys
 
-process_id, num_processes, port, data_dir, workdir = sys.argv[1:6]
+process_id, num_processes, port, data_dir, workdir, total_steps = sys.argv[1:7]
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
@@ -17,7 +17,8 @@ from vidlang_jax import train  # noqa: E402
 
 from helpers import tiny_config  # noqa: E402
 
-config = tiny_config(total_steps=2, log_every=1, checkpoint_every=2, eval_every=100)
+config = tiny_config(total_steps=int(total_steps), log_every=1, checkpoint_every=2,
+                     eval_every=100)
 config.model.video.depth = config.model.text.depth = 1
 config.mesh.update(data=2, fsdp=4)
 config.data.update(name='moving_shapes/tiny', data_dir=data_dir, num_workers=0)

@@ -88,7 +88,8 @@ def _resolve_checkpoint(path: str) -> tuple[str, int]:
   """A workdir, its `checkpoints/` folder, or one `checkpoints/<step>` -> (manager dir, step)."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
-    raise FileNotFoundError(f'init_from checkpoint {path!r} does not exist.')
+    raise FileNotFoundError(f'Checkpoint {path!r} does not exist (expected a run\'s workdir, '
+                            'its checkpoints/ or one checkpoints/<step>).')
   if os.path.basename(path).isdigit():
     return os.path.dirname(path), int(os.path.basename(path))
   if os.path.isdir(os.path.join(path, 'checkpoints')):
@@ -114,8 +115,11 @@ def read_params_tree(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[
   verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:
-    manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'config'),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    # The handler must be named for the metadata to be read; without it the restore falls
+    # back to the saved shardings, which fail on any other topology (a pod's run read here).
+    manager = ocp.CheckpointManager(
+        directory, item_handlers={'state': ocp.StandardCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(read_only=True))
     metadata = manager.item_metadata(step)['state']
     replicated = (NamedSharding(mesh, P()) if mesh is not None
                   else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
