@@ -108,8 +108,12 @@ def checkpoint_name(path: str) -> str:
 
 def read_params_tree(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, str]:
   """The params tree of a run's checkpoint (a workdir, its checkpoints/ or one step),
-  replicated over `mesh`, else on one device, and a name for it ('<dir>/<step>')."""
+  replicated over `mesh` (default: the mesh set with `jax.set_mesh`, so that jitted code under
+  it takes them), else on one device, and a name for it ('<dir>/<step>'). The saving run's
+  topology does not matter."""
   directory, step = _resolve_checkpoint(path)
+  if mesh is None and not jax.sharding.get_mesh().empty:
+    mesh = jax.sharding.get_mesh()
   # Orbax warns about every item it is not asked to restore (data state, config) and about
   # read-only mode: noise for a read of the params alone.
   verbosity = absl_logging.get_verbosity()
