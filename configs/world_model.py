@@ -122,5 +122,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.captioning.update(dict(num_examples=300, batch_size=64))
     c.evals.needle.update(dict(samples=2))
     c.evals.text_to_video.update(dict(num_samples=4))
-  c.model.vocab_size = c.data.vocab_size + c.data.num_codes + len(SPECIALS)
+  # Text ids, video codes and the structural tokens, padded to a multiple of 128 (as LLaMA /
+  # maxtext pad) so that `tensor` can split the embedding and the LM head: 65,005 is odd and
+  # would be replicated on every device. The padding ids are never targets.
+  vocab = c.data.vocab_size + c.data.num_codes + len(SPECIALS)
+  c.model.vocab_size = -(-vocab // 128) * 128
   return c

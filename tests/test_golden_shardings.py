@@ -191,10 +191,9 @@ EXPECTED = {
         'params/blocks/mlp/down/kernel': [None, 'tensor', 'fsdp'],
         'params/blocks/norm_attn/scale': [None, 'fsdp'],
         'params/norm_out/scale': ['fsdp'],
-        # The base vocabulary, 1,000 text + 64,000 video codes + 5 specials = 65,005, is odd:
-        # `tensor` cannot split it, so that dimension is replicated (and a warning says so).
-        'params/token_embedding': [None, 'fsdp'],
-        'params/lm_head/kernel': ['fsdp', None],
+        # 1,000 text + 64,000 video codes + 5 specials, padded to 65,024: split over `tensor`.
+        'params/token_embedding': ['tensor', 'fsdp'],
+        'params/lm_head/kernel': ['fsdp', 'tensor'],
     },
 }
 
@@ -207,23 +206,26 @@ def test_rules_mean_what_they_say(family):
   assert not wrong, 'Shardings that contradict the rules:\n' + '\n'.join(wrong)
 
 
-def test_world_model_odd_vocab_is_replicated_and_reported():
+def test_world_model_vocab_is_padded_onto_tensor():
+  """The config pads the vocabulary to a multiple of 128, so the vocab rule applies."""
   layout = _layout('world_model')
-  assert layout.config.model.vocab_size == 65_005
+  assert layout.config.model.vocab_size == 65_024
+  assert layout.specs['params/token_embedding'] == ['tensor', 'fsdp']
+  assert layout.specs['params/lm_head/kernel'] == ['fsdp', 'tensor']
+  assert not layout.warnings
+
+
+def test_odd_vocab_is_replicated_and_reported():
+  """An unpadded vocabulary (65,005, odd) cannot be split over `tensor`: that dimension is
+  replicated, and one warning per leaf says so."""
+  layout = _layout('world_model', vocab_size=65_005)
   for leaf in ('params/token_embedding', 'params/lm_head/kernel'):
     tail = f' of {leaf}: the mesh axes do not divide it.'
     said = [m for m in layout.warnings if m.endswith(tail)]
     assert len(said) == 1, (leaf, layout.warnings)
     assert "(size 65005) over 'tensor' (size 2)" in said[0]
+  assert layout.specs['params/token_embedding'] == [None, 'fsdp']
   assert len(layout.warnings) == 6, layout.warnings  # the 2 weights and their mu / nu
-
-
-def test_world_model_vocab_on_tensor_when_it_divides():
-  """The vocab rule itself: a vocabulary padded to a multiple of 128 is split over `tensor`."""
-  layout = _layout('world_model', vocab_size=65_024)
-  assert layout.specs['params/token_embedding'] == ['tensor', 'fsdp']
-  assert layout.specs['params/lm_head/kernel'] == ['fsdp', 'tensor']
-  assert not layout.warnings
 
 
 def test_video_tokenizer_is_replicated():

@@ -29,6 +29,9 @@ def sample_token(logits: jax.Array, rng: jax.Array, temperature: float, top_k: i
   """`[batch, vocab]` logits -> `[batch]` ids; temperature 0 is greedy."""
   logits = logits.astype(jnp.float32)
   if allowed is not None:
+    # Masks cover the vocabulary of the data; ids past it (the model's padding) are never drawn.
+    padding = logits.shape[-1] - allowed.shape[-1]
+    allowed = jnp.pad(allowed, [(0, 0)] * (allowed.ndim - 1) + [(0, padding)])
     logits = jnp.where(allowed, logits, -jnp.inf)
   if temperature <= 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
