@@ -53,6 +53,7 @@ def clip_data(tiny: bool, dataset: str = '') -> ml_collections.ConfigDict:
   d.crop_scale = (0.8, 1.0)
   d.max_text_len = 32
   d.vocab_size = 1000
+  d.tokenizer = ''  # a tokenizer.json (e.g. a release's); default: the dataset's own
   d.label_keys = ()  # integer fields kept in training batches, e.g. ('shape_label',)
   d.num_workers = 8
   d.num_threads = 16

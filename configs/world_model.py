@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data = common.clip_data(arg.tiny)  # the clips behind the token cache; no augmentation
   c.data = ml_collections.ConfigDict({k: data[k] for k in (
       'name', 'data_dir', 'builder_kwargs', 'train_split', 'num_frames', 'image_size',
-      'max_text_len', 'vocab_size', 'num_workers', 'num_threads', 'prefetch')})
+      'max_text_len', 'vocab_size', 'tokenizer', 'num_workers', 'num_threads', 'prefetch')})
   c.loss = ml_collections.ConfigDict()
   c.sequence_layout = 'zigzag'  # with ring attention: load-balanced causal work
   c.init_from.path = arg.init

@@ -1,9 +1,12 @@
 """Shared test helpers: tiny configs and synthetic batches (no dataset needed)."""
 
+import os
+
 import jax
 import numpy as np
 
 from vidlang_jax import config as config_lib
+from vidlang_jax.sharding import tree_paths
 
 
 def tiny_config(**overrides):
@@ -43,3 +46,30 @@ def eval_json(workdir, step):
 
   with open(os.path.join(workdir, 'eval', f'{step}.json')) as f:
     return json.load(f)
+
+
+def assert_release_round_trip(workdir, step, out, tmp_path, evals=None):
+  """`vidlang export` of `workdir` at `step` -> `load_pretrained` -> the release's evaluators:
+  the same eval JSON as the run's own, and params equal to the checkpoint's."""
+  import numpy as np
+  import pytest
+
+  from vidlang_jax import checkpoint as checkpoint_lib
+  from vidlang_jax import load_pretrained, release
+
+  release.export(workdir, out, step=step)
+  assert release.is_release(out)
+  for name in ('config.json', 'release.json', 'README.md', 'params'):
+    assert os.path.exists(os.path.join(out, name)), name
+  _, params, _ = load_pretrained(out)
+  source, _ = checkpoint_lib.read_params(os.path.join(workdir, 'checkpoints', str(step)))
+  flat = {p: v for p, v in zip(jax.tree.leaves(tree_paths(params)), jax.tree.leaves(params))}
+  assert flat.keys() == source.keys()
+  for path in source:
+    np.testing.assert_array_equal(flat[path], source[path], err_msg=path)
+  results = release.evaluate(out, str(tmp_path / 'release_eval'), evals)
+  expected = eval_json(workdir, step)
+  assert set(results) <= set(expected) and (evals or set(results) | {'step'} == set(expected))
+  for key, value in results.items():
+    assert value == pytest.approx(expected[key], rel=1e-5), key
+  return results

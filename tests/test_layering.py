@@ -23,7 +23,9 @@ ALLOWED = {
                    'checkpoint'},
     'train': {'floor', 'data', 'models', 'losses', 'masking', 'optimizer', 'checkpoint',
               'inputs', 'evaluators'},
-    'main': {'floor', 'data', 'train', 'checkpoint'},
+    'release': {'floor', 'data', 'train', 'checkpoint'},
+    'convert': {'floor', 'release'},
+    'main': {'floor', 'data', 'train', 'checkpoint', 'release', 'convert'},
 }
 FLOOR = {'ops', 'sharding', 'registry', 'pixels', 'config', 'metrics'}
 

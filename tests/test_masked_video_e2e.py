@@ -9,7 +9,7 @@ from vidlang_jax import checkpoint as checkpoint_lib
 from vidlang_jax import config as config_lib
 from vidlang_jax import train
 
-from helpers import eval_json
+from helpers import assert_release_round_trip, eval_json
 
 
 def small(config, data_dir, steps=2):
@@ -56,9 +56,15 @@ def test_guided_joint_mae_then_finetune(tiny_data_dir, tmp_path):
     assert mae[path].shape == value.shape
   assert any(p.startswith('decoder/') for p in mae)
 
-  # Fine-tuning loads only the encoder: with a zero learning rate it stays exactly the MAE's.
-  config = small(config_lib.load(f'configs/finetune_classification.py:tiny,init={mae_dir}'),
-                 tiny_data_dir)
+  # Exported (with its frozen guide) and loaded back: the same probe, reconstruction and
+  # retrieval JSON.
+  release_dir = str(tmp_path / 'mae_release')
+  assert_release_round_trip(mae_dir, 2, release_dir, tmp_path)
+
+  # Fine-tuning from the release loads only the encoder: with a zero learning rate it stays
+  # exactly the MAE's.
+  config = small(config_lib.load(
+      f'configs/finetune_classification.py:tiny,init={release_dir}'), tiny_data_dir)
   config.optimizer.learning_rate = 0.0
   train.train_and_evaluate(config, finetune_dir)
   finetuned, _ = checkpoint_lib.read_params(finetune_dir)

@@ -11,7 +11,7 @@ import pytest
 from vidlang_jax import checkpoint as checkpoint_lib
 from vidlang_jax import train
 
-from helpers import tiny_config
+from helpers import assert_release_round_trip, tiny_config
 
 EVAL_KEYS = ('t2v_r1', 't2v_r5', 't2v_r10', 'v2t_r1', 'v2t_r5', 'v2t_r10', 'chance_r1')
 
@@ -50,6 +50,8 @@ def test_train_resume_and_eval(tiny_data_dir, tmp_path):
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '4', 'data'))
   assert os.path.exists(os.path.join(workdir, 'config.json'))
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  # Exported and loaded back, the params give the same retrieval JSON.
+  assert_release_round_trip(workdir, 4, str(tmp_path / 'release'), tmp_path)
 
   # As if the run had died before step 4's checkpoint: the same command resumes from step 2
   # and redoes steps 3-4 exactly (the data iterator continues where it was saved): the same

@@ -13,7 +13,7 @@ from vidlang_jax import config as config_lib
 from vidlang_jax import generate, inputs, sharding, train
 from vidlang_jax.data import moving_shapes, sequences
 
-from helpers import eval_json
+from helpers import assert_release_round_trip, eval_json
 
 
 def small_lm(spec, data_dir, steps=2):
@@ -74,8 +74,13 @@ def test_tokenizer_then_two_lm_stages_then_generate(tiny_data_dir, tmp_path):
   rows.set_state(state)
   np.testing.assert_array_equal(next(rows)['inputs'], batch['inputs'])
 
-  # Stage 2 loads stage 1; with a learning rate of 0 its params stay stage 1's.
-  config = small_lm(f'{spec.replace("stage=1", "stage=2")},init={stage1}', tiny_data_dir,
+  # Exported with its video tokenizer inside, and loaded back: the same perplexities.
+  release_dir = str(tmp_path / 'lm1_release')
+  assert_release_round_trip(stage1, 2, release_dir, tmp_path, evals=('perplexity',))
+  assert os.path.exists(os.path.join(release_dir, 'video_tokenizer', 'params'))
+
+  # Stage 2 loads stage 1's release; with a learning rate of 0 its params stay stage 1's.
+  config = small_lm(f'{spec.replace("stage=1", "stage=2")},init={release_dir}', tiny_data_dir,
                     steps=1)
   config.data.sequence_length = 1024
   config.optimizer.learning_rate = 0.0

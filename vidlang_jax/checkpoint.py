@@ -84,12 +84,20 @@ def _is_missing_data(error: Exception) -> bool:
   return isinstance(error, (KeyError, FileNotFoundError)) or 'NOT_FOUND' in str(error)
 
 
+RELEASE_PARAMS = 'params'  # a release's params-only Orbax checkpoint, see vidlang_jax/release.py
+
+
+def _is_release(path: str) -> bool:
+  return (os.path.isdir(os.path.join(path, RELEASE_PARAMS))
+          and not os.path.isdir(os.path.join(path, 'checkpoints')))
+
+
 def _resolve_checkpoint(path: str) -> tuple[str, int]:
   """A workdir, its `checkpoints/` folder, or one `checkpoints/<step>` -> (manager dir, step)."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
     raise FileNotFoundError(f'Checkpoint {path!r} does not exist (expected a run\'s workdir, '
-                            'its checkpoints/ or one checkpoints/<step>).')
+                            'its checkpoints/, one checkpoints/<step> or a release).')
   if os.path.basename(path).isdigit():
     return os.path.dirname(path), int(os.path.basename(path))
   if os.path.isdir(os.path.join(path, 'checkpoints')):
@@ -101,36 +109,59 @@ def _resolve_checkpoint(path: str) -> tuple[str, int]:
 
 
 def checkpoint_name(path: str) -> str:
-  """'<dir>/<step>' of the checkpoint `read_params_tree(path)` reads, without reading it."""
+  """'<dir>/<step>' of the checkpoint `read_params_tree(path)` reads (a release: its params
+  folder), without reading it."""
+  if _is_release(path):
+    return os.path.join(os.path.abspath(path), RELEASE_PARAMS)
   directory, step = _resolve_checkpoint(path)
   return f'{directory}/{step}'
 
 
-def read_params_tree(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, str]:
-  """The params tree of a run's checkpoint (a workdir, its checkpoints/ or one step),
-  replicated over `mesh` (default: the mesh set with `jax.set_mesh`, so that jitted code under
-  it takes them), else on one device, and a name for it ('<dir>/<step>'). The saving run's
-  topology does not matter."""
-  directory, step = _resolve_checkpoint(path)
+def save_params(directory: str, params: Any) -> None:
+  """Params alone (no optimizer state), as a release holds them."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(directory), params)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+
+
+def _replicated(metadata: Any, mesh: jax.sharding.Mesh | None) -> Any:
+  """Abstract arrays for Orbax array metadata, replicated over `mesh` (default: the mesh set
+  with `jax.set_mesh`), else on one device."""
   if mesh is None and not jax.sharding.get_mesh().empty:
     mesh = jax.sharding.get_mesh()
+  sharding = (NamedSharding(mesh, P()) if mesh is not None
+              else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                      metadata)
+
+
+def read_params_tree(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, str]:
+  """The params tree of a run's checkpoint (a workdir, its checkpoints/ or one step) or of a
+  release, replicated over `mesh` (default: the mesh set with `jax.set_mesh`, so that jitted
+  code under it takes them), else on one device, and a name for it. The saving run's topology
+  does not matter."""
   # Orbax warns about every item it is not asked to restore (data state, config) and about
   # read-only mode: noise for a read of the params alone.
   verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:
+    if _is_release(path):
+      directory = os.path.join(os.path.abspath(path), RELEASE_PARAMS)
+      checkpointer = ocp.StandardCheckpointer()
+      metadata = checkpointer.metadata(directory).item_metadata
+      params = checkpointer.restore(directory, _replicated(metadata, mesh))
+      checkpointer.close()
+      return params, directory
+    directory, step = _resolve_checkpoint(path)
     # The handler must be named for the metadata to be read; without it the restore falls
     # back to the saved shardings, which fail on any other topology (a pod's run read here).
     manager = ocp.CheckpointManager(
         directory, item_handlers={'state': ocp.StandardCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(read_only=True))
     metadata = manager.item_metadata(step)['state']
-    replicated = (NamedSharding(mesh, P()) if mesh is not None
-                  else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), metadata)
     state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
+        state=ocp.args.StandardRestore(_replicated(metadata, mesh))))
     manager.close()
   finally:
     absl_logging.set_verbosity(verbosity)

@@ -1,4 +1,5 @@
-"""`vidlang` command line: train | eval | data, and the commands families register.
+"""`vidlang` command line: train | eval | data | export | convert, and the commands families
+register.
 
   vidlang train --config configs/two_tower.py:tiny --workdir runs/demo [--config.key=value ...]
   vidlang eval  --config configs/two_tower.py:tiny --workdir runs/demo
@@ -6,6 +7,8 @@
       (--prompt "a big red star moves left" [--num_samples 4] | --video clip.mp4)
   vidlang data  moving_shapes [--data_dir DIR]
   vidlang data  video_text_folder --source_dir DIR [--label_columns action] --save_as NAME
+  vidlang export --workdir runs/demo --out releases/demo [--step N] [--safetensors]
+  vidlang convert hf_llama --src path/to/hf_llama --out releases/llama [--no-scan]
 
 Configs are ml_collections config files; overrides use the same `--config.a.b=value` syntax.
 Rerunning `train` with the same workdir resumes from its latest checkpoint.
@@ -23,7 +26,7 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
-COMMANDS = ('train', 'eval', 'data')  # and `command.<name>` from the registry
+COMMANDS = ('train', 'eval', 'data', 'export', 'convert')  # and `command.<name>` from the registry
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py:arg`.',
                                           lock_config=True)
@@ -148,12 +151,43 @@ def print_results(config, results: dict, path: str) -> None:
       print(f'  {key}: {value}')
 
 
+def export_main(argv: list[str]) -> None:
+  """`vidlang export`: a run's params (no optimizer state), config, tokenizers and a model card
+  as a release folder (see vidlang_jax/release.py)."""
+  import argparse
+
+  parser = argparse.ArgumentParser(prog='vidlang export', description=export_main.__doc__)
+  parser.add_argument('--workdir', required=True, help='the training run')
+  parser.add_argument('--out', required=True, help='the release folder to write (new)')
+  parser.add_argument('--step', type=int, help='the checkpoint to export (default: latest)')
+  parser.add_argument('--safetensors', action='store_true',
+                      help='also write model.safetensors (needs the [hf] extra)')
+  args = parser.parse_args(argv)
+  _setup_logging()
+  from vidlang_jax import release
+
+  out = release.export(args.workdir, args.out, step=args.step, safetensors=args.safetensors)
+  print(f'Wrote {out}. Load it with vidlang_jax.load_pretrained({out!r}) or fine-tune from it '
+        f'with --config.init_from.path={out}.')
+
+
 def run() -> None:
   if len(sys.argv) > 1 and sys.argv[1] == 'data':  # Dataset building has its own flags.
     from vidlang_jax.data import builders
 
     with user_errors():
       builders.main(sys.argv[2:])
+    return
+  if len(sys.argv) > 1 and sys.argv[1] == 'export':  # No config: the run's own is exported.
+    with user_errors():
+      export_main(sys.argv[2:])
+    return
+  if len(sys.argv) > 1 and sys.argv[1] == 'convert':  # No config: built from the source's own.
+    with user_errors():
+      _setup_logging()
+      from vidlang_jax import convert
+
+      convert.main(sys.argv[2:])
     return
   from vidlang_jax import registry
 

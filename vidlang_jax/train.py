@@ -32,15 +32,20 @@ from vidlang_jax.optimizer import make_optimizer
 log = logging.getLogger(__name__)
 
 
-def build_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """`model.<config.model.name>(**config.model)`; a `num_classes` {label: count} entry of 0
-  takes the class count of the dataset's `<label>_label` feature."""
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`config.model` without its name; a `num_classes` {label: count} entry of 0 takes the
+  class count of the dataset's `<label>_label` feature."""
   kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
   if any(count == 0 for count in (kwargs.get('num_classes') or {}).values()):
     data = config.data
     builder = builders.prepare(data.name, data.get('data_dir'), **data.get('builder_kwargs', {}))
     kwargs['num_classes'] = builders.num_classes(builder, kwargs['num_classes'])
-  return registry.lookup(config.model.name, kind='model')(**kwargs)
+  return kwargs
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """`model.<config.model.name>(**model_kwargs(config))`."""
+  return registry.lookup(config.model.name, kind='model')(**model_kwargs(config))
 
 
 def measure_peak_flops(size: int = 2048, repeats: int = 5) -> float:

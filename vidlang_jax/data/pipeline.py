@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 from typing import Any, Iterator
 
 import grain
@@ -190,8 +191,13 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def tokenizer_path(data_config: ml_collections.ConfigDict) -> str:
-  """Builds the dataset and its tokenizer if needed (process 0 only, the others wait), and
-  returns the tokenizer's path."""
+  """`data.tokenizer` if set (a release's, to fine-tune its text tower on other data), else
+  the dataset's own: builds the dataset and its tokenizer if needed (process 0 only, the
+  others wait), and returns the tokenizer's path."""
+  if data_config.get('tokenizer'):
+    if not os.path.exists(data_config.tokenizer):
+      raise FileNotFoundError(f'data.tokenizer={data_config.tokenizer!r} does not exist.')
+    return data_config.tokenizer
   kwargs = data_config.get('builder_kwargs', {})
   if jax.process_index() == 0:
     builder = builders.prepare(data_config.name, data_config.get('data_dir'), **kwargs)
