@@ -14,9 +14,14 @@ def trainer(objective: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.objective = objective
   c.seed = 0
-  # Params from another run: path = a workdir or its checkpoints/<step>; load = (target regex,
-  # checkpoint path replacement) pairs, first match wins; dont_load = regexes kept as initialised.
-  c.init_from = ml_collections.ConfigDict(dict(path='', load=[('(.*)', r'\1')], dont_load=[]))
+  # init_from: a run's workdir or a release. Every param is loaded (`load`: target regex ->
+  # checkpoint path) or listed in `dont_load`; shapes that differ are fitted by `resample`
+  # (time / space position embeddings, a 2D patch kernel inflated to a tubelet: `central` or
+  # `average`), see vidlang_jax/checkpoint.py.
+  c.init_from = ml_collections.ConfigDict(dict(
+      path='', load=[('(.*)', r'\1')], dont_load=[],
+      resample=[(r'.*pos_time', 'linear'), (r'.*pos_space', 'grid'),
+                (r'.*patch_embed/kernel', 'inflate_central')]))
   c.peak_flops_per_device = 0.0  # 0: measure (CPU); set e.g. 989e12 for an H100 in bf16
   c.keep_checkpoints = 3
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))

@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # head and its norm keep their initialisation.
   c.init_from.path = arg.init
   c.init_from.load = [('video/(.*)', r'video/\1')]
-  c.init_from.dont_load = []
+  c.init_from.dont_load = ['(?!video/).*']  # the classifier head starts from scratch
 
   # VideoMAE fine-tuning: AdamW lr 1e-3 x batch / 256 (base 5e-4 at 128), wd 0.05.
   c.batch_size = 512

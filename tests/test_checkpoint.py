@@ -85,30 +85,83 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path):
   checkpointer.close()
 
 
-def test_load_params_partial_and_shape_mismatch(tmp_path):
-  config = tiny_config()
+def saved_run(tmp_path, config, seed=0):
+  """A checkpoint of `config`'s state at init (seed) under tmp_path/run; returns its state."""
   _, new_state, _, _ = setup_run(config)
-  source, target = new_state(0), new_state(7)
+  state = new_state(seed)
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'run' / 'checkpoints'),
                                              async_save=False)
-  checkpointer.save(5, source, None, {})
+  checkpointer.save(5, state, None, {})
   checkpointer.close()
-  loaded = checkpoint_lib.load_params(str(tmp_path / 'run'), target['params'],
-                                      load=[('video/(.*)', r'video/\1')], dont_load=['.*pos_.*'])
+  return state
+
+
+def test_load_params_partial_strict_and_errors_name_both_shapes(tmp_path):
+  config = tiny_config()
+  source = saved_run(tmp_path, config)
+  target = setup_run(config)[1](7)
+  run = str(tmp_path / 'run')
+  loaded = checkpoint_lib.load_params(run, target['params'], load=[('video/(.*)', r'video/\1')],
+                                      dont_load=['(?!video/).*', '.*pos_.*'])
   np.testing.assert_array_equal(loaded['video']['patch_embed']['kernel'],
                                 source['params']['video']['patch_embed']['kernel'])
   np.testing.assert_array_equal(loaded['video']['pos_time'], target['params']['video']['pos_time'])
   np.testing.assert_array_equal(loaded['text']['token_embedding'],
                                 target['params']['text']['token_embedding'])
-  # Loading the video tower's patch embedding into the text embedding: shapes differ.
-  with pytest.raises(ValueError, match='Shape mismatch.*video/patch_embed/kernel'):
-    checkpoint_lib.load_params(str(tmp_path / 'run'), target['params'],
-                               load=[('text/token_embedding', 'video/patch_embed/kernel')])
-  with pytest.raises(KeyError, match='video/nonexistent'):
-    checkpoint_lib.load_params(str(tmp_path / 'run'), target['params'],
-                               load=[('video/(.*)', r'video/nonexistent')])
+  # Every problem at once, each param named with both shapes.
+  with pytest.raises(ValueError, match=r'other shapes.*text/token_embedding \(1000, 128\) <- '
+                                       r'video/patch_embed/kernel \(384, 128\)'):
+    checkpoint_lib.load_params(run, target['params'],
+                               load=[('text/token_embedding', 'video/patch_embed/kernel')],
+                               dont_load=['(?!text/token_embedding).*'])
+  with pytest.raises(ValueError, match=r'not in the checkpoint.*video/nonexistent'):
+    checkpoint_lib.load_params(run, target['params'], load=[('video/(.*)', r'video/nonexistent')],
+                               dont_load=['(?!video/).*'])
+  # Strict: a param neither loaded nor listed in dont_load is an error, not silently kept.
+  with pytest.raises(ValueError, match=r'matched by no init_from.load rule \(\d+; .*text/'):
+    checkpoint_lib.load_params(run, target['params'], load=[('video/(.*)', r'video/\1')])
   with pytest.raises(FileNotFoundError, match='does-not-exist'):
     checkpoint_lib.load_params(str(tmp_path / 'does-not-exist'), target['params'])
+
+
+def test_load_resamples_position_embeddings_to_more_frames_and_pixels(tmp_path):
+  config = tiny_config()  # 8 frames of 32x32, tubelet 2x8x8: pos_time 4, pos_space 4x4
+  source = saved_run(tmp_path, config)['params']['video']
+  config.data.update(num_frames=16, image_size=64)
+  config.model.video.update(num_frames=16, image_size=64)
+  target = setup_run(config)[1](7)['params']
+  loaded = checkpoint_lib.load_params(str(tmp_path / 'run'), target)['video']
+  assert loaded['pos_time'].shape == (8, 128) and loaded['pos_space'].shape == (64, 128)
+  # The ends of the time axis and the corners of the grid keep their embeddings.
+  np.testing.assert_allclose(np.asarray(loaded['pos_time'])[[0, -1]],
+                             np.asarray(source['pos_time'])[[0, -1]], atol=1e-6)
+  grid = np.asarray(loaded['pos_space']).reshape(8, 8, -1)
+  np.testing.assert_allclose(grid[0, 0], np.asarray(source['pos_space'])[0], atol=1e-6)
+  np.testing.assert_array_equal(loaded['patch_embed']['kernel'], source['patch_embed']['kernel'])
+
+
+def test_load_reads_only_each_devices_share(tmp_path, monkeypatch):
+  """On fsdp=8 the params come off the checkpoint already sharded like the target (a partial
+  restore that skips the optimizer state): no device ever holds a whole sharded param."""
+  config = tiny_config()
+  saved_run(tmp_path, config)
+  config.mesh.update(data=1, fsdp=8)
+  target = setup_run(config)[1](7)['params']
+  read = {}
+  original = checkpoint_lib.read_params_subset
+
+  def spy(path, wanted):
+    read.update(original(path, wanted))
+    return read
+
+  monkeypatch.setattr(checkpoint_lib, 'read_params_subset', spy)
+  loaded = checkpoint_lib.load_params(str(tmp_path / 'run'), target)
+  assert set(read) == set(checkpoint_lib.params_metadata(str(tmp_path / 'run'))[0])  # params only
+  embedding = read['text/token_embedding']  # [1000, 128]: fsdp over the 128
+  assert embedding.addressable_shards[0].data.shape == (1000, 16)
+  sharded = [p for p, x in read.items() if x.addressable_shards[0].data.size * 8 == x.size]
+  assert len(sharded) > len(read) // 3, sharded
+  assert loaded['text']['token_embedding'].sharding == target['text']['token_embedding'].sharding
 
 
 def test_checkpoint_of_another_config_raises_instead_of_restarting(tmp_path):

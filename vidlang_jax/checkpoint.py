@@ -14,12 +14,14 @@ from typing import Any, Sequence
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vidlang_jax.ops import resample as resample_lib
 from vidlang_jax.sharding import tree_paths
 
 log = logging.getLogger(__name__)
@@ -125,47 +127,110 @@ def save_params(directory: str, params: Any) -> None:
   checkpointer.close()
 
 
-def _replicated(metadata: Any, mesh: jax.sharding.Mesh | None) -> Any:
-  """Abstract arrays for Orbax array metadata, replicated over `mesh` (default: the mesh set
-  with `jax.set_mesh`), else on one device."""
+def _replicated_sharding(mesh: jax.sharding.Mesh | None) -> jax.sharding.Sharding:
+  """Replicated over `mesh` (default: the mesh set with `jax.set_mesh`), else one device."""
   if mesh is None and not jax.sharding.get_mesh().empty:
     mesh = jax.sharding.get_mesh()
-  sharding = (NamedSharding(mesh, P()) if mesh is not None
-              else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                      metadata)
+  return (NamedSharding(mesh, P()) if mesh is not None
+          else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for path, value in flat.items():
+    *parents, leaf = path.split('/')
+    node = tree
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  return tree
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+  return dict(zip(jax.tree.leaves(tree_paths(tree)), jax.tree.leaves(tree)))
+
+
+class _Quiet:
+  """Orbax warns about every item it is not asked to restore (data state, config) and about
+  read-only mode: noise for a read of the params alone."""
+
+  def __enter__(self):
+    self.verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+  def __exit__(self, *exc):
+    absl_logging.set_verbosity(self.verbosity)
+
+
+def _params_source(path: str) -> tuple[str, int | None]:
+  """(directory, step) of a run's params; step None for a release's params folder."""
+  if _is_release(path):
+    return os.path.join(os.path.abspath(path), RELEASE_PARAMS), None
+  return _resolve_checkpoint(path)
+
+
+def _manager(directory: str) -> ocp.CheckpointManager:
+  # The handler must be named for the metadata to be read and for a partial restore; without
+  # it the restore falls back to the saved shardings, which fail on any other topology.
+  return ocp.CheckpointManager(directory, item_handlers={'state': ocp.PyTreeCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def params_metadata(path: str) -> tuple[dict[str, jax.ShapeDtypeStruct], str]:
+  """{'a/b/kernel': shape and dtype} of a checkpoint's or a release's params, and its name,
+  without reading any array."""
+  directory, step = _params_source(path)
+  with _Quiet():
+    if step is None:
+      checkpointer = ocp.PyTreeCheckpointer()
+      tree = checkpointer.metadata(directory).item_metadata
+      name = directory
+    else:
+      manager = _manager(directory)
+      tree = manager.item_metadata(step)['state']
+      manager.close()
+      name = f'{directory}/{step}'
+  tree = getattr(tree, 'tree', tree)
+  if step is not None:
+    tree = tree['params']
+  return ({p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in _flatten(tree).items()},
+          name)
+
+
+def read_params_subset(path: str, wanted: dict[str, jax.sharding.Sharding]
+                       ) -> dict[str, jax.Array]:
+  """Only the `wanted` params ('a/b/kernel' -> sharding), each restored straight onto its
+  sharding (an Orbax partial restore): the optimizer state and the other params are never
+  read, and a sharded param never sits whole on one device."""
+  shapes, _ = params_metadata(path)
+  item = _unflatten({p: jax.ShapeDtypeStruct(shapes[p].shape, shapes[p].dtype, sharding=s)
+                     for p, s in wanted.items()})
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(
+      sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), item)
+  directory, step = _params_source(path)
+  with _Quiet():
+    if step is None:
+      checkpointer = ocp.PyTreeCheckpointer()
+      params = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True))
+      checkpointer.close()
+    else:
+      manager = _manager(directory)
+      params = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item={'params': item}, restore_args={'params': restore_args},
+          partial_restore=True)))['state']['params']
+      manager.close()
+  return _flatten(params)
 
 
 def read_params_tree(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, str]:
   """The params tree of a run's checkpoint (a workdir, its checkpoints/ or one step) or of a
   release, replicated over `mesh` (default: the mesh set with `jax.set_mesh`, so that jitted
   code under it takes them), else on one device, and a name for it. The saving run's topology
-  does not matter."""
-  # Orbax warns about every item it is not asked to restore (data state, config) and about
-  # read-only mode: noise for a read of the params alone.
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  try:
-    if _is_release(path):
-      directory = os.path.join(os.path.abspath(path), RELEASE_PARAMS)
-      checkpointer = ocp.StandardCheckpointer()
-      metadata = checkpointer.metadata(directory).item_metadata
-      params = checkpointer.restore(directory, _replicated(metadata, mesh))
-      checkpointer.close()
-      return params, directory
-    directory, step = _resolve_checkpoint(path)
-    # The handler must be named for the metadata to be read; without it the restore falls
-    # back to the saved shardings, which fail on any other topology (a pod's run read here).
-    manager = ocp.CheckpointManager(
-        directory, item_handlers={'state': ocp.StandardCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(read_only=True))
-    metadata = manager.item_metadata(step)['state']
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_replicated(metadata, mesh))))
-    manager.close()
-  finally:
-    absl_logging.set_verbosity(verbosity)
-  return state['state']['params'], f'{directory}/{step}'
+  does not matter; the optimizer state is not read."""
+  shapes, name = params_metadata(path)
+  replicated = _replicated_sharding(mesh)
+  return _unflatten(read_params_subset(path, {p: replicated for p in shapes})), name
 
 
 def read_params(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[str, Any], str]:
@@ -175,43 +240,79 @@ def read_params(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[
                                        jax.tree.leaves(params))}, name)
 
 
+# Target params that may differ in shape from the checkpoint's, and how they are fitted
+# (vidlang_jax/ops/resample.py): time and space position embeddings, the tubelet embedding.
+DEFAULT_RESAMPLE = ((r'.*pos_time', 'linear'), (r'.*pos_space', 'grid'),
+                    (r'.*patch_embed/kernel', 'inflate_central'))
+
+
 def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('(.*)', r'\1'),),
-                dont_load: Sequence[str] = (), mesh: jax.sharding.Mesh | None = None) -> Any:
-  """Loads params from another run's checkpoint into `params` (a tree of arrays).
+                dont_load: Sequence[str] = (),
+                resample: Sequence[tuple[str, str]] = DEFAULT_RESAMPLE) -> Any:
+  """Loads params from another run's checkpoint or a release into `params` (a tree of arrays,
+  sharded as the model wants them).
 
   `load` is a list of (regex on the target path, replacement giving the checkpoint path), first
   match wins; e.g. `[('video/(.*)', r'encoder/\\1')]` loads an MAE encoder into the video tower.
-  Target params matched by a `dont_load` regex, or by no `load` rule, keep their values. A
-  target whose checkpoint path is missing or has another shape raises, naming both.
+  Strict: every target param must be loaded, or matched by a `dont_load` regex (the explicit
+  list of what stays as initialised). A target whose shape differs is fitted by the first
+  `resample` rule it matches (position embeddings to other frame counts or resolutions, a 2D
+  patch kernel inflated to a tubelet), else it is an error. All missing and mismatched params
+  are named at once, with both shapes. Only the params needed are read, each straight onto its
+  target sharding: no device ever holds the whole checkpoint.
   """
-  source, name = read_params(path, mesh)
+  source, name = params_metadata(path)
   load_rules = [(re.compile(a), b) for a, b in load]
   skip_rules = [re.compile(p) for p in dont_load]
-  loaded, kept = [], []
-
-  def merge(target_path: str, value: Any) -> Any:
+  resample_rules = [(re.compile(a), kind) for a, kind in resample]
+  targets = _flatten(params)
+  plan, kept, missing, unloaded, mismatched = {}, [], [], [], []
+  for target_path, value in targets.items():
     if any(rule.fullmatch(target_path) for rule in skip_rules):
       kept.append(target_path)
-      return value
-    for rule, replacement in load_rules:
-      if rule.fullmatch(target_path):
-        source_path = rule.sub(replacement, target_path)
-        break
-    else:
-      kept.append(target_path)
-      return value
+      continue
+    rule = next((r for r in load_rules if r[0].fullmatch(target_path)), None)
+    if rule is None:
+      unloaded.append(target_path)
+      continue
+    source_path = rule[0].sub(rule[1], target_path)
     if source_path not in source:
-      raise KeyError(f'{target_path!r} maps to {source_path!r}, which is not in checkpoint '
-                     f'{name}. Checkpoint params start with: '
-                     f'{sorted({p.split("/")[0] for p in source})}')
-    new = source[source_path]
-    if tuple(new.shape) != tuple(value.shape):
-      raise ValueError(f'Shape mismatch loading {source_path!r} {tuple(new.shape)} from '
-                       f'{name} into {target_path!r} {tuple(value.shape)}.')
-    loaded.append(target_path)
-    return jax.device_put(np.asarray(new).astype(value.dtype), value.sharding)
+      missing.append(f'{target_path} <- {source_path}')
+      continue
+    kind = None
+    if tuple(source[source_path].shape) != tuple(value.shape):
+      kind = next((k for r, k in resample_rules if r.fullmatch(target_path)), None)
+      if kind is None:
+        mismatched.append(f'{target_path} {tuple(value.shape)} <- {source_path} '
+                          f'{tuple(source[source_path].shape)}')
+        continue
+    plan[target_path] = (source_path, kind)
+  problems = []
+  if missing:
+    problems.append(f'not in the checkpoint ({len(missing)}): {", ".join(missing[:10])}'
+                    f'{" ..." if len(missing) > 10 else ""}; it has '
+                    f'{sorted({p.split("/")[0] for p in source})} at the top')
+  if mismatched:
+    problems.append(f'other shapes ({len(mismatched)}; add an init_from.resample rule if they '
+                    f'should be fitted): {", ".join(mismatched[:10])}')
+  if unloaded:
+    problems.append(f'matched by no init_from.load rule ({len(unloaded)}; list what may stay '
+                    f'as initialised in init_from.dont_load): {", ".join(unloaded[:10])}')
+  if problems:
+    raise ValueError(f'Cannot load {name}: ' + '; '.join(problems) + '.')
 
-  merged = jax.tree.map(merge, tree_paths(params), params)
-  log.info('Loaded %d params from %s; kept %d as initialised: %s', len(loaded), name,
-           len(kept), kept[:20])
-  return merged
+  direct = {src: targets[t].sharding for t, (src, kind) in plan.items() if kind is None}
+  fitted = {src: _replicated_sharding(None) for t, (src, kind) in plan.items() if kind}
+  restored = read_params_subset(path, {**fitted, **direct})
+  unused = sorted(set(source) - {src for src, _ in plan.values()})
+  loaded = {}
+  for target_path, (source_path, kind) in plan.items():
+    target, value = targets[target_path], restored[source_path]
+    if kind is not None:
+      value = resample_lib.fit(kind, np.asarray(value), tuple(target.shape))
+      log.info('Fitted %s %s -> %s (%s).', target_path, tuple(restored[source_path].shape),
+               tuple(target.shape), kind)
+    loaded[target_path] = jax.device_put(jnp.asarray(value, target.dtype), target.sharding)
+  log.info('Loaded %d params from %s; kept %d as initialised (%s); %d checkpoint params '
+           'unused (%s).', len(loaded), name, len(kept), kept[:10], len(unused), unused[:10])
+  return jax.tree.map(lambda path, value: loaded.get(path, value), tree_paths(params), params)

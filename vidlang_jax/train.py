@@ -215,9 +215,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = jax.jit(setup.init, out_shardings=setup.shardings)(init_rng)
       if config.init_from.path:
         params = checkpoint_lib.load_params(
-            config.init_from.path, state['params'], mesh=mesh,
+            config.init_from.path, state['params'],
             load=[tuple(r) for r in config.init_from.load],
-            dont_load=list(config.init_from.dont_load))
+            dont_load=list(config.init_from.dont_load),
+            resample=[tuple(r) for r in config.init_from.get(
+                'resample', checkpoint_lib.DEFAULT_RESAMPLE)])
         state = dict(state, params=params)
     num_params = sum(x.size for x in jax.tree.leaves(state['params']))
     log.info('Model %s: %.2fM params.', config.model.name, num_params / 1e6)
