@@ -32,6 +32,9 @@ setup(
   extras_require={
     # ruff: the linter run by `make lint` (configured in ruff.toml).
     'test': ['pytest>=9.0', 'pytest-xdist>=3.8', 'ruff>=0.17.6'],
+    # hf: `vidlang convert` from torch checkpoints and its parity tests against transformers
+    # (`make test-hf`, which installs the CPU build of torch first), `export --safetensors`.
+    'hf': ['torch>=2.4', 'transformers>=5.0', 'safetensors>=0.4'],
   },
   entry_points={'console_scripts': ['vidlang=vidlang_jax.main:run']},
 )

@@ -124,23 +124,28 @@ class DecoderBlock(nn.Module):
   attention: str
   block_size: int
   decode: bool = False
+  norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, positions, segment_ids):
+    norm = lambda name: RMSNorm(self.norm_eps, self.dtype, name=name)
     y = Attention(self.num_heads, self.num_kv_heads, self.rope_theta, self.attention,
                   self.block_size, self.decode, self.dtype, name='attn')(
-                      RMSNorm(dtype=self.dtype, name='norm_attn')(x), positions, segment_ids)
+                      norm('norm_attn')(x), positions, segment_ids)
     x = layers.constrain(x + y, 'batch', 'length', 'embed')
-    y = SwiGLU(self.mlp_dim, self.dtype, name='mlp')(RMSNorm(dtype=self.dtype,
-                                                             name='norm_mlp')(x))
+    y = SwiGLU(self.mlp_dim, self.dtype, name='mlp')(norm('norm_mlp')(x))
     return layers.constrain(x + y, 'batch', 'length', 'embed'), None
 
 
 @registry.register('model.world_model')
 class WorldModel(nn.Module):
   """Causal LM over a shared vocabulary of text and video tokens: `[batch, length]` ids ->
-  fp32 logits `[batch, length, vocab]`."""
+  fp32 logits `[batch, length, vocab]`.
+
+  `norm_eps` is the RMSNorm epsilon of every norm: 1e-6 as LWM; converted LLaMA checkpoints
+  set theirs (1e-5 for LLaMA 1 / 2), which matters where activations are small.
+  """
 
   vocab_size: int = 32_000
   width: int = 4096
@@ -151,6 +156,7 @@ class WorldModel(nn.Module):
   rope_theta: float = 10_000.0
   attention: str = 'dot_product'
   block_size: int = 512
+  norm_eps: float = 1e-6
   scan: bool = True
   remat: bool = False
   decode: bool = False
@@ -172,8 +178,8 @@ class WorldModel(nn.Module):
         remat=self.remat, collections=('params', 'cache'), num_heads=self.num_heads,
         num_kv_heads=self.num_kv_heads or self.num_heads, mlp_dim=self.mlp_dim,
         rope_theta=self.rope_theta, attention=self.attention, block_size=self.block_size,
-        decode=self.decode, dtype=self.dtype)
-    x = RMSNorm(dtype=self.dtype, name='norm_out')(x)
+        decode=self.decode, norm_eps=self.norm_eps, dtype=self.dtype)
+    x = RMSNorm(self.norm_eps, self.dtype, name='norm_out')(x)
     logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name='lm_head',
                       kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed',
                                                      'vocab'))(x)
