@@ -58,7 +58,7 @@ def assert_release_round_trip(workdir, step, out, tmp_path, evals=None):
   from vidlang_jax import load_pretrained, release
 
   release.export(workdir, out, step=step)
-  assert release.is_release(out)
+  assert checkpoint_lib.is_release(out)
   for name in ('config.json', 'release.json', 'README.md', 'params'):
     assert os.path.exists(os.path.join(out, name)), name
   _, params, _ = load_pretrained(out)

@@ -150,8 +150,8 @@ def test_load_reads_only_each_devices_share(tmp_path, monkeypatch):
   read = {}
   original = checkpoint_lib.read_params_subset
 
-  def spy(path, wanted):
-    read.update(original(path, wanted))
+  def spy(path, wanted, shapes=None):
+    read.update(original(path, wanted, shapes))
     return read
 
   monkeypatch.setattr(checkpoint_lib, 'read_params_subset', spy)

@@ -381,18 +381,23 @@ def choosing(ids, tokens, vocab_size):
   return jnp.broadcast_to(logits[:, None], (*tokens.shape, vocab_size))
 
 
-class FixedLM(nn.Module):
-  """The same logits after every token: `video_logit` on every id from `text_size` on (video
-  codes and structure tokens), `eos_logit` on EOS, 0 on the other text ids. The fields
-  `decode`, `attention` and `remat` are the ones the evaluators clone."""
+class StandInLM(nn.Module):
+  """The fields of a world model that the evaluators and the generator read or clone
+  (`decode`, `attention`, `remat`), and the logits' width."""
 
   vocab_size: int = 0
-  text_size: int = 0
-  video_logit: float = 0.0
-  eos_logit: float = 0.0
   decode: bool = False
   attention: str = 'ring'
   remat: bool = False
+
+
+class FixedLM(StandInLM):
+  """The same logits after every token: `video_logit` on every id from `text_size` on (video
+  codes and structure tokens), `eos_logit` on EOS, 0 on the other text ids."""
+
+  text_size: int = 0
+  video_logit: float = 0.0
+  eos_logit: float = 0.0
 
   def __call__(self, tokens, positions=None, segment_ids=None):
     ids = jnp.arange(self.vocab_size)
@@ -401,18 +406,14 @@ class FixedLM(nn.Module):
     return jnp.broadcast_to(row, (*tokens.shape, self.vocab_size))
 
 
-class NeedleCopier(nn.Module):
+class NeedleCopier(StandInLM):
   """An induction head: the next token is the one after the latest earlier occurrence of the
   last two (PAD when there is none), so `<fact> key` is answered with the hidden value. With
   `whole_value=False` it copies only right after `<fact>`: the value's first token, never the
   second."""
 
-  vocab_size: int = 0
   fact: int = 0
   whole_value: bool = True
-  decode: bool = False
-  attention: str = 'ring'
-  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens, positions=None, segment_ids=None):
@@ -432,14 +433,9 @@ class NeedleCopier(nn.Module):
     return choosing(copied, tokens, self.vocab_size)
 
 
-class TableLM(nn.Module):
+class TableLM(StandInLM):
   """Continues a prompt of params['prompts'] (rows padded with -1, lengths in
   params['lengths']) with its row of params['continuations'] (its last token once past it)."""
-
-  vocab_size: int = 0
-  decode: bool = False
-  attention: str = 'ring'
-  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens, positions=None, segment_ids=None):

@@ -89,7 +89,9 @@ def _is_missing_data(error: Exception) -> bool:
 RELEASE_PARAMS = 'params'  # a release's params-only Orbax checkpoint, see vidlang_jax/release.py
 
 
-def _is_release(path: str) -> bool:
+def is_release(path: str) -> bool:
+  """A release folder (params only, see vidlang_jax/release.py), not a run's workdir."""
+  path = os.path.expanduser(path)
   return (os.path.isdir(os.path.join(path, RELEASE_PARAMS))
           and not os.path.isdir(os.path.join(path, 'checkpoints')))
 
@@ -110,13 +112,18 @@ def _resolve_checkpoint(path: str) -> tuple[str, int]:
   return path, steps[-1]
 
 
+def _params_source(path: str) -> tuple[str, int | None]:
+  """(directory, step) of a run's params; step None for a release's params folder."""
+  if is_release(path):
+    return os.path.join(os.path.abspath(os.path.expanduser(path)), RELEASE_PARAMS), None
+  return _resolve_checkpoint(path)
+
+
 def checkpoint_name(path: str) -> str:
   """'<dir>/<step>' of the checkpoint `read_params_tree(path)` reads (a release: its params
   folder), without reading it."""
-  if _is_release(path):
-    return os.path.join(os.path.abspath(path), RELEASE_PARAMS)
-  directory, step = _resolve_checkpoint(path)
-  return f'{directory}/{step}'
+  directory, step = _params_source(path)
+  return directory if step is None else f'{directory}/{step}'
 
 
 def save_params(directory: str, params: Any) -> None:
@@ -162,13 +169,6 @@ class _Quiet:
     absl_logging.set_verbosity(self.verbosity)
 
 
-def _params_source(path: str) -> tuple[str, int | None]:
-  """(directory, step) of a run's params; step None for a release's params folder."""
-  if _is_release(path):
-    return os.path.join(os.path.abspath(path), RELEASE_PARAMS), None
-  return _resolve_checkpoint(path)
-
-
 def _manager(directory: str) -> ocp.CheckpointManager:
   # The handler must be named for the metadata to be read and for a partial restore; without
   # it the restore falls back to the saved shardings, which fail on any other topology.
@@ -184,25 +184,26 @@ def params_metadata(path: str) -> tuple[dict[str, jax.ShapeDtypeStruct], str]:
     if step is None:
       checkpointer = ocp.PyTreeCheckpointer()
       tree = checkpointer.metadata(directory).item_metadata
-      name = directory
     else:
       manager = _manager(directory)
       tree = manager.item_metadata(step)['state']
       manager.close()
-      name = f'{directory}/{step}'
   tree = getattr(tree, 'tree', tree)
   if step is not None:
     tree = tree['params']
   return ({p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in _flatten(tree).items()},
-          name)
+          checkpoint_name(path))
 
 
-def read_params_subset(path: str, wanted: dict[str, jax.sharding.Sharding]
+def read_params_subset(path: str, wanted: dict[str, jax.sharding.Sharding],
+                       shapes: dict[str, jax.ShapeDtypeStruct] | None = None
                        ) -> dict[str, jax.Array]:
   """Only the `wanted` params ('a/b/kernel' -> sharding), each restored straight onto its
   sharding (an Orbax partial restore): the optimizer state and the other params are never
-  read, and a sharded param never sits whole on one device."""
-  shapes, _ = params_metadata(path)
+  read, and a sharded param never sits whole on one device. `shapes`: the checkpoint's
+  `params_metadata`, when the caller has already read it."""
+  if shapes is None:
+    shapes, _ = params_metadata(path)
   item = _unflatten({p: jax.ShapeDtypeStruct(shapes[p].shape, shapes[p].dtype, sharding=s)
                      for p, s in wanted.items()})
   restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(
@@ -230,7 +231,7 @@ def read_params_tree(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[
   does not matter; the optimizer state is not read."""
   shapes, name = params_metadata(path)
   replicated = _replicated_sharding(mesh)
-  return _unflatten(read_params_subset(path, {p: replicated for p in shapes})), name
+  return _unflatten(read_params_subset(path, {p: replicated for p in shapes}, shapes)), name
 
 
 def read_params(path: str, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[str, Any], str]:
@@ -303,7 +304,7 @@ def load_params(path: str, params: Any, *, load: Sequence[tuple[str, str]] = (('
 
   direct = {src: targets[t].sharding for t, (src, kind) in plan.items() if kind is None}
   fitted = {src: _replicated_sharding(None) for t, (src, kind) in plan.items() if kind}
-  restored = read_params_subset(path, {**fitted, **direct})
+  restored = read_params_subset(path, {**fitted, **direct}, source)
   unused = sorted(set(source) - {src for src, _ in plan.values()})
   loaded = {}
   for target_path, (source_path, kind) in plan.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -116,3 +117,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.batch_size <= 0 or config.total_steps < 0:
     raise ConfigError(f'batch_size={config.batch_size} and total_steps={config.total_steps} '
                       'must be positive.')
+
+
+def read_run_config(workdir: str, expected: str) -> ml_collections.ConfigDict:
+  """The `config.json` the trainer (or `vidlang export`) wrote in `workdir`; `expected` says
+  in the error what `workdir` should have been."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: {expected}.')
+  with open(path, encoding='utf-8') as f:
+    return ml_collections.ConfigDict(json.load(f))

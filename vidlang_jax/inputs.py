@@ -10,15 +10,14 @@ runs a trained video tokenizer over the clips.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 
 from vidlang_jax import checkpoint as checkpoint_lib
+from vidlang_jax import config as config_lib
 from vidlang_jax import registry
 from vidlang_jax.data import pipeline, sequences, video_tokens
 
@@ -36,13 +35,9 @@ def lookup(data_config: ml_collections.ConfigDict) -> InputFormat:
 
 
 def _tokenizer_run_config(workdir: str) -> ml_collections.ConfigDict:
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(
-        f'{config_path} does not exist: data.video_tokenizer must be the workdir of a '
-        'finished `vidlang train --config configs/video_tokenizer.py:...` run.')
-  with open(config_path, encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = config_lib.read_run_config(
+      workdir, 'data.video_tokenizer must be the workdir of a finished `vidlang train '
+      '--config configs/video_tokenizer.py:...` run, or its release')
   if config.model.name != 'video_tokenizer':
     raise ValueError(f'{workdir} is a {config.model.name!r} run, not a video_tokenizer run.')
   return config

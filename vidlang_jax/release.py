@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from vidlang_jax import checkpoint as checkpoint_lib
+from vidlang_jax import config as config_lib
 from vidlang_jax import sharding, train
 from vidlang_jax.data import builders
 from vidlang_jax.sharding import tree_paths
@@ -40,10 +41,6 @@ VERSION = 1
 _PATH_KEYS = ('tokenizer', 'video_tokenizer')
 
 
-def is_release(path: str) -> bool:
-  return os.path.exists(os.path.join(path, 'release.json'))
-
-
 def _caption_tokenizer_file(data: ml_collections.ConfigDict) -> str | None:
   """The tokenizer a run's text ids come from: `data.tokenizer`, else its dataset's."""
   if data.get('tokenizer'):
@@ -51,14 +48,6 @@ def _caption_tokenizer_file(data: ml_collections.ConfigDict) -> str | None:
   builder = builders.get_builder(data.name, data.get('data_dir'), **data.get('builder_kwargs', {}))
   path = os.path.join(builder.data_dir, 'tokenizer.json')
   return path if os.path.exists(path) else None
-
-
-def _run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: --workdir must be a training run.')
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def _model_card(config: ml_collections.ConfigDict, source: str,
@@ -124,7 +113,7 @@ def export(workdir: str, out: str, *, step: int | None = None,
            safetensors: bool = False) -> str:
   """A training run's checkpoint (the latest, or `step`) as a release; a world model's video
   tokenizer run is exported inside it. Returns `out`."""
-  config = _run_config(workdir)
+  config = config_lib.read_run_config(workdir, '--workdir must be a training run')
   source = os.path.join(workdir, 'checkpoints', str(step)) if step is not None else workdir
   params, name = checkpoint_lib.read_params_tree(source)
   exported_step = int(os.path.basename(name))
@@ -141,7 +130,7 @@ def export(workdir: str, out: str, *, step: int | None = None,
               video_tokenizer=video_tokenizer, source=name, metrics=metrics,
               safetensors=safetensors)
   if video_tokenizer:
-    if is_release(video_tokenizer):
+    if checkpoint_lib.is_release(video_tokenizer):
       shutil.copytree(video_tokenizer, os.path.join(out, 'video_tokenizer'))
     else:
       export(video_tokenizer, os.path.join(out, 'video_tokenizer'))
@@ -150,8 +139,8 @@ def export(workdir: str, out: str, *, step: int | None = None,
 
 def load_config(path: str) -> ml_collections.ConfigDict:
   """The config of a release (its paths made absolute) or of a training run's workdir."""
-  config = _run_config(path)
-  if is_release(path):
+  config = config_lib.read_run_config(path, 'expected a release or a training run')
+  if checkpoint_lib.is_release(path):
     for key in _PATH_KEYS:
       if config.data.get(key):
         config.data[key] = os.path.join(os.path.abspath(path), config.data[key])
