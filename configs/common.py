@@ -36,13 +36,33 @@ def trainer(objective: str) -> ml_collections.ConfigDict:
 
 
 def optimizer(**overrides) -> ml_collections.ConfigDict:
-  """AdamW with warmup + cosine decay, global-norm clipping, decay and freezing by regex."""
+  """AdamW with warmup + cosine decay, global-norm clipping, decay and freezing by regex.
+
+  `layer_decay` < 1 (e.g. 0.75 to fine-tune, as VideoMAE) scales each block's update by
+  `layer_decay ** (depth - block)`, embeddings by `layer_decay ** (depth + 1)`, in the towers
+  matching `layer_decay_towers`; see `vidlang_jax.optimizer.layer_scales`.
+  """
+  from vidlang_jax.optimizer import EMBEDDINGS
+
   c = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=2000, end_lr_fraction=0.0, b1=0.9, b2=0.95, eps=1e-8,
       weight_decay=1e-4, grad_clip=1.0,
-      weight_decay_rules=r'.*(kernel|token_embedding)', freeze=''))
+      weight_decay_rules=r'.*(kernel|token_embedding)', freeze='',
+      layer_decay=1.0, layer_decay_towers='.*', layer_decay_embeddings=EMBEDDINGS))
   c.update(overrides)
   return c
+
+
+def frozen_spatial(attention: str) -> str:
+  """An `optimizer.freeze` regex for the video tower's spatial params, those an image model
+  provides (*Optimizing ViViT Training*: train the temporal parts and the head). With divided
+  attention the time attention, its norm and the time embeddings train; with joint attention
+  every block mixes space and time, so the encoder stays as loaded and only the time
+  embeddings, the pooling and everything outside the video tower train."""
+  if attention == 'divided':
+    return (r'video/(patch_embed|pos_space|cls|norm_pre|'
+            r'encoder/(block_\d+|blocks)/(attn_space|norm_space|mlp|norm_mlp))(/.*)?')
+  return r'video/(patch_embed|pos_space|cls|norm_pre|encoder)(/.*)?'
 
 
 def clip_data(tiny: bool, dataset: str = '') -> ml_collections.ConfigDict:
@@ -59,6 +79,8 @@ def clip_data(tiny: bool, dataset: str = '') -> ml_collections.ConfigDict:
   d.max_text_len = 32
   d.vocab_size = 1000
   d.tokenizer = ''  # a tokenizer.json (e.g. a release's); default: the dataset's own
+  # The caption's special ids (a converted CLIP's or SigLIP's differ; None: no BOS).
+  d.bos_id, d.eos_id, d.pad_id = 2, 3, 0
   d.label_keys = ()  # integer fields kept in training batches, e.g. ('shape_label',)
   d.num_workers = 8
   d.num_threads = 16

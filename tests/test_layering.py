@@ -24,7 +24,7 @@ ALLOWED = {
     'train': {'floor', 'data', 'models', 'losses', 'masking', 'optimizer', 'checkpoint',
               'inputs', 'evaluators'},
     'release': {'floor', 'data', 'train', 'checkpoint'},
-    'convert': {'floor', 'release'},
+    'convert': {'floor', 'masking', 'release'},
     'main': {'floor', 'data', 'train', 'checkpoint', 'release', 'convert'},
 }
 FLOOR = {'ops', 'sharding', 'registry', 'pixels', 'config', 'metrics'}

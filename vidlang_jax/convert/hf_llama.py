@@ -16,28 +16,18 @@ import logging
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidlang_jax import config as config_lib
 from vidlang_jax import registry, release
-from vidlang_jax.convert import weights
-from vidlang_jax.sharding import tree_paths
+from vidlang_jax.convert import common, weights
 
 log = logging.getLogger(__name__)
 
-# The release config starts from the world model's base config (optimizer, mesh, evals for
-# fine-tuning); configs/ sits beside the package in a source checkout.
-WORLD_MODEL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'configs', 'world_model.py')
-
-
 def _unsupported(key: str, value: Any, why: str) -> ValueError:
-  return ValueError(f'config.json: {key}={value!r} is not supported by convert hf_llama: {why}; '
-                    'converting it anyway would give a model with other logits.')
+  return common.unsupported('hf_llama', key, value, why)
 
 
 def _rope_theta(hf: dict[str, Any]) -> float:
@@ -82,33 +72,11 @@ def release_config(hf: dict[str, Any], scan: bool = True) -> ml_collections.Conf
   Attention is the reference op, which runs without a mesh; set `model.attention=ring` to train
   long rows. Activations are fp32, as the params are.
   """
-  if not os.path.exists(WORLD_MODEL_CONFIG):
-    raise FileNotFoundError(f'{WORLD_MODEL_CONFIG} does not exist: converters build the release '
-                            'config from configs/world_model.py of a source checkout.')
-  config = config_lib.load(f'{WORLD_MODEL_CONFIG}:base')
+  config = common.base_config('world_model')
   config.model.update(model_options(hf))
   config.model.update(dict(attention='dot_product', scan=scan, dtype='float32'))
   config.data.video_tokenizer = ''  # a text LM: no video tokenizer came with it
   return config
-
-
-class _Tensors:
-  """The state dict, each tensor taken once as fp32, so that what was not taken can be named."""
-
-  def __init__(self, tensors: dict[str, np.ndarray], src: str):
-    self.tensors, self.src, self.taken = tensors, src, set()
-
-  def __call__(self, name: str) -> np.ndarray:
-    if name not in self.tensors:
-      raise KeyError(f'{self.src} has no tensor {name!r} (it has e.g. '
-                     f'{sorted(self.tensors)[:6]}).')
-    self.taken.add(name)
-    return np.asarray(self.tensors[name], np.float32)
-
-  def left(self) -> list[str]:
-    # Old checkpoints store RoPE's inverse frequencies as a buffer; the model computes them.
-    return sorted(k for k in set(self.tensors) - self.taken
-                  if not k.endswith('rotary_emb.inv_freq'))
 
 
 def convert_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], scan: bool = True,
@@ -117,7 +85,8 @@ def convert_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], scan: boo
   options = model_options(hf)
   width, heads, kv_heads = options['width'], options['num_heads'], options['num_kv_heads']
   head_dim = width // heads
-  take = _Tensors(tensors, src)
+  # Old checkpoints store RoPE's inverse frequencies as a buffer; the model computes them.
+  take = common.Tensors(tensors, src, ignore=('rotary_emb.inv_freq',))
   prefix = 'model.' if 'model.embed_tokens.weight' in tensors else ''  # ForCausalLM | Model
   bias = hf.get('attention_bias', False)
 
@@ -152,32 +121,11 @@ def convert_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], scan: boo
       take('lm_head.weight')
   else:
     lm_head = take('lm_head.weight').T  # [embed, vocab]
-  blocks = [block(i) for i in range(options['depth'])]
   params = {'token_embedding': embedding, 'norm_out': {'scale': take(f'{prefix}norm.weight')},
-            'lm_head': {'kernel': lm_head}}
-  if scan:  # one stacked tree, layers first
-    params['blocks'] = jax.tree.map(lambda *xs: np.stack(xs), *blocks)
-  else:
-    params.update({f'block_{i}': b for i, b in enumerate(blocks)})
-  if take.left():
-    raise ValueError(f'{src} has tensors convert hf_llama does not map (an option of '
-                     f'config.json it does not know?): {take.left()[:10]}')
+            'lm_head': {'kernel': lm_head},
+            **common.stack([block(i) for i in range(options['depth'])], scan)}
+  take.check_all_taken('hf_llama')
   return params
-
-
-def check_params(params: dict[str, Any], config: ml_collections.ConfigDict) -> None:
-  """Fails unless `params` has exactly the model's param names and shapes."""
-  model = registry.lookup(config.model.name, kind='model')(
-      **{k: v for k, v in config.model.items() if k != 'name'})
-  abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0),
-                                          jnp.zeros((1, 1), jnp.int32)))['params']
-  shapes = lambda tree: {p: tuple(x.shape) for p, x in zip(jax.tree.leaves(tree_paths(tree)),
-                                                           jax.tree.leaves(tree))}
-  want, got = shapes(abstract), shapes(params)
-  wrong = sorted(f'{p}: model {want.get(p)}, converted {got.get(p)}'
-                 for p in set(want) | set(got) if want.get(p) != got.get(p))
-  if wrong:
-    raise ValueError('converted params do not fit the world model: ' + '; '.join(wrong[:10]))
 
 
 def _model_card(src: str, hf: dict[str, Any], config: ml_collections.ConfigDict,
@@ -204,7 +152,7 @@ def convert(src: str, out: str, *, scan: bool = True) -> str:
   hf = weights.read_config(src)
   config = release_config(hf, scan)  # fails on unsupported options before reading weights
   params = convert_params(weights.read_state_dict(src), hf, scan, src)
-  check_params(params, config)
+  common.check_params(params, config, jax.ShapeDtypeStruct((1, 1), jnp.int32))
   tokenizer = os.path.join(src, 'tokenizer.json')
   out = release.write(out, config, params, source=os.path.abspath(src),
                       tokenizer_file=tokenizer if os.path.exists(tokenizer) else None)

@@ -44,12 +44,20 @@ def load_tokenizer(path: str) -> tokenizers.Tokenizer:
   return tokenizers.Tokenizer.from_file(path)
 
 
-def tokenize(tokenizer: tokenizers.Tokenizer, texts: list[str], max_len: int) -> np.ndarray:
-  """`[batch, max_len]` int32: BOS, tokens, EOS, then PAD (0); long texts lose tokens, not EOS."""
-  if max_len < 2:
+def tokenize(tokenizer: tokenizers.Tokenizer, texts: list[str], max_len: int, *,
+             bos_id: int | None = BOS_ID, eos_id: int = EOS_ID,
+             pad_id: int = PAD_ID) -> np.ndarray:
+  """`[batch, max_len]` int32: BOS, tokens, EOS, then PAD; long texts lose tokens, not EOS.
+
+  The special ids default to this module's tokenizers'; a converted text tower has its own
+  (CLIP: <|startoftext|>, <|endoftext|>; SigLIP: no BOS), set in the release's `data` config.
+  """
+  specials = [bos_id] if bos_id is not None else []
+  if max_len < len(specials) + 1:
     raise ValueError(f'max_len must leave room for BOS and EOS, got {max_len}.')
-  out = np.full((len(texts), max_len), PAD_ID, np.int32)
+  out = np.full((len(texts), max_len), pad_id, np.int32)
+  room = max_len - len(specials) - 1
   for row, encoding in enumerate(tokenizer.encode_batch(list(texts), add_special_tokens=False)):
-    ids = [BOS_ID, *encoding.ids[:max_len - 2], EOS_ID]
+    ids = [*specials, *encoding.ids[:room], eos_id]
     out[row, :len(ids)] = ids
   return out

@@ -128,10 +128,22 @@ def _video_id(element: dict[str, Any]) -> str:
 
 @dataclasses.dataclass
 class Tokenize(grain.transforms.Map):
-  """caption bytes -> `text` int32 `[max_len]`; loads the tokenizer lazily in each worker."""
+  """caption bytes -> `text` int32 `[max_len]`; loads the tokenizer lazily in each worker.
+  The special ids are the text tower's (a converted CLIP's are not our tokenizer's)."""
 
   tokenizer_path: str
   max_len: int
+  bos_id: int | None = tokenizer_lib.BOS_ID
+  eos_id: int = tokenizer_lib.EOS_ID
+  pad_id: int = tokenizer_lib.PAD_ID
+
+  @classmethod
+  def from_config(cls, tokenizer_path: str, data_config: ml_collections.ConfigDict) -> Tokenize:
+    get = lambda key, default: data_config.get(key, default)
+    return cls(tokenizer_path, data_config.max_text_len,
+               bos_id=get('bos_id', tokenizer_lib.BOS_ID),
+               eos_id=get('eos_id', tokenizer_lib.EOS_ID),
+               pad_id=get('pad_id', tokenizer_lib.PAD_ID))
 
   @functools.cached_property
   def tokenizer(self):
@@ -142,7 +154,9 @@ class Tokenize(grain.transforms.Map):
       return element
     caption = element['caption']
     caption = caption.decode('utf-8') if isinstance(caption, bytes) else str(caption)
-    element['text'] = tokenizer_lib.tokenize(self.tokenizer, [caption], self.max_len)[0]
+    element['text'] = tokenizer_lib.tokenize(self.tokenizer, [caption], self.max_len,
+                                             bos_id=self.bos_id, eos_id=self.eos_id,
+                                             pad_id=self.pad_id)[0]
     element['caption'] = caption
     return element
 
@@ -228,7 +242,7 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, local_
   ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=True,
                                  strides=tuple(data_config.strides),
                                  crop_scale=tuple(data_config.crop_scale)), seed=seed + 1)
-  ds = ds.map(Tokenize(tokenizer_file, data_config.max_text_len))
+  ds = ds.map(Tokenize.from_config(tokenizer_file, data_config))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
                                             prefetch_buffer_size=data_config.prefetch))
   ds = SkipCorrupt(ds).map(functools.partial(
@@ -273,7 +287,7 @@ def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size:
     ds = ds[:max_examples]
   ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=False),
                      seed=0)
-  ds = ds.map(Tokenize(tokenizer_file, data_config.max_text_len))
+  ds = ds.map(Tokenize.from_config(tokenizer_file, data_config))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
                                             prefetch_buffer_size=data_config.prefetch))
   ds = SkipCorrupt(ds).map(functools.partial(_keep_numeric, extra=keys))

@@ -6,6 +6,7 @@ Logical names (mapped to mesh axes by `sharding.LOGICAL_AXIS_RULES`): `embed` (m
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -76,9 +77,29 @@ class MultiHeadAttention(nn.Module):
                    name='out')(out)
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """OpenAI CLIP's sigmoid approximation of GELU."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+# The MLP's activation by name; checkpoints converted from other code need theirs exactly.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'gelu_tanh': functools.partial(nn.gelu, approximate=True),  # ours, SigLIP (gelu_pytorch_tanh)
+    'gelu': functools.partial(nn.gelu, approximate=False),  # erf GELU: VideoMAE, torch's default
+    'quick_gelu': quick_gelu,  # OpenAI CLIP
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f'activation={name!r} is not one of {sorted(ACTIVATIONS)}.')
+  return ACTIVATIONS[name]
+
+
 class Mlp(nn.Module):
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  act: str = 'gelu_tanh'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -86,14 +107,15 @@ class Mlp(nn.Module):
     init = nn.initializers.xavier_uniform()
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=partitioned(init, 'embed', 'mlp'),
                  bias_init=partitioned(nn.initializers.zeros, 'mlp'))(x)
-    x = nn.gelu(x)
+    x = activation(self.act)(x)
     x = constrain(x, 'batch', 'length', 'mlp')
     return nn.Dense(width, dtype=self.dtype, kernel_init=partitioned(init, 'mlp', 'embed'),
                     bias_init=partitioned(nn.initializers.zeros, 'embed'))(x)
 
 
-def layer_norm(name: str | None = None, dtype: Dtype = jnp.float32) -> nn.LayerNorm:
-  return nn.LayerNorm(dtype=dtype, name=name,
+def layer_norm(name: str | None = None, dtype: Dtype = jnp.float32,
+               eps: float = 1e-6) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name,
                       scale_init=partitioned(nn.initializers.ones, 'embed'),
                       bias_init=partitioned(nn.initializers.zeros, 'embed'))
 
@@ -134,35 +156,40 @@ class EncoderBlock(nn.Module):
   attention: str = 'joint'
   causal: bool = False
   dropout: float = 0.0
+  act: str = 'gelu_tanh'
+  norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None,
                train: bool = False) -> tuple[jax.Array, None]:
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
+    norm = lambda name: layer_norm(name, self.dtype, self.norm_eps)
     attn = lambda name: MultiHeadAttention(self.num_heads, self.dtype, self.causal, name=name)
     if self.attention == 'divided':
       batch, time, space, width = x.shape
       # Time attention: each spatial location attends over frames.
-      y = layer_norm('norm_time', self.dtype)(x)
+      y = norm('norm_time')(x)
       y = jnp.swapaxes(y, 1, 2).reshape(batch * space, time, width)
       y = attn('attn_time')(y).reshape(batch, space, time, width)
       x = x + drop(jnp.swapaxes(y, 1, 2))
       # Space attention: each frame attends over its patches.
-      y = layer_norm('norm_space', self.dtype)(x).reshape(batch * time, space, width)
+      y = norm('norm_space')(x).reshape(batch * time, space, width)
       y = attn('attn_space')(y).reshape(batch, time, space, width)
       x = x + drop(y)
     elif self.attention == 'joint':
-      y = attn('attn')(layer_norm('norm_attn', self.dtype)(x), segment_ids)
+      y = attn('attn')(norm('norm_attn')(x), segment_ids)
       x = x + drop(y)
     else:
       raise ValueError(f"attention must be 'joint' or 'divided', got {self.attention!r}.")
-    x = x + drop(Mlp(self.mlp_dim, self.dtype, name='mlp')(layer_norm('norm_mlp', self.dtype)(x)))
+    x = x + drop(Mlp(self.mlp_dim, self.dtype, self.act, name='mlp')(norm('norm_mlp')(x)))
     return x, None
 
 
 class Encoder(nn.Module):
-  """A stack of `EncoderBlock`s, scanned over layers (one compiled block) with optional remat."""
+  """A stack of `EncoderBlock`s, scanned over layers (one compiled block) with optional remat,
+  then a LayerNorm (`final_norm`; VideoMAE's mean-pooling encoders have none: their norm comes
+  after the pooling, in the head)."""
 
   num_layers: int
   num_heads: int
@@ -172,6 +199,10 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   scan: bool = True
   remat: bool = False
+  act: str = 'gelu_tanh'
+  norm_eps: float = 1e-6
+  final_norm: bool = True
+  final_norm_eps: float | None = None  # None: norm_eps
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -180,5 +211,9 @@ class Encoder(nn.Module):
     x = stack_blocks(EncoderBlock, x, segment_ids, train, depth=self.num_layers, scan=self.scan,
                      remat=self.remat, static_argnums=(3,), rngs=('params', 'dropout'),
                      num_heads=self.num_heads, mlp_dim=self.mlp_dim, attention=self.attention,
-                     causal=self.causal, dropout=self.dropout, dtype=self.dtype)
-    return layer_norm('norm_out', self.dtype)(x)
+                     causal=self.causal, dropout=self.dropout, act=self.act,
+                     norm_eps=self.norm_eps, dtype=self.dtype)
+    if not self.final_norm:
+      return x
+    eps = self.norm_eps if self.final_norm_eps is None else self.final_norm_eps
+    return layer_norm('norm_out', self.dtype, eps)(x)

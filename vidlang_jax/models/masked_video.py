@@ -24,7 +24,7 @@ import ml_collections
 from vidlang_jax import masking, registry
 from vidlang_jax.models import Objective, layers
 from vidlang_jax.models.two_tower import TwoTower, _check_same, _l2_normalize, setup_text_and_head
-from vidlang_jax.models.video_vit import VideoViT, _resize_embedding, patchify
+from vidlang_jax.models.video_vit import VideoViT, _resize_embedding, patchify, sincos_table
 from vidlang_jax.pixels import pixels_01
 
 Grid = tuple[int, int, int]
@@ -82,7 +82,11 @@ def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array
 
 
 class MaeDecoder(nn.Module):
-  """Visible tokens + a learned mask token at every hidden position -> per-tubelet pixels."""
+  """Visible tokens + a learned mask token at every hidden position -> per-tubelet pixels.
+
+  `posemb='sincos'`, `act`, `norm_eps` and `final_norm_eps` are VideoMAE's decoder options
+  (vidlang_jax/convert/hf_videomae.py).
+  """
 
   grid: Grid
   patch_dim: int
@@ -90,6 +94,10 @@ class MaeDecoder(nn.Module):
   depth: int = 4
   num_heads: int = 6
   mlp_dim: int | None = None
+  posemb: str = 'learned'
+  act: str = 'gelu_tanh'
+  norm_eps: float = 1e-6
+  final_norm_eps: float | None = None
   scan: bool = False
   remat: bool = False
   dtype: Any = jnp.float32
@@ -105,14 +113,18 @@ class MaeDecoder(nn.Module):
                  bias_init=layers.partitioned(nn.initializers.zeros, 'mlp'))(visible)
     mask_token = self.param('mask_token', layers.partitioned(init, 'mlp'), (self.width,))
     x = masking.restore_tokens(x, mask_token, restore_indices)  # [batch, N, width]
-    pos_time = self.param('pos_time', layers.partitioned(init, None, 'mlp'), (t, self.width))
-    pos_space = self.param('pos_space', layers.partitioned(init, None, 'mlp'),
-                           (h * w, self.width))
     num_time = x.shape[1] // (h * w)
-    pos = _resize_embedding(pos_time, num_time)[:, None] + pos_space[None]
+    if self.posemb == 'sincos':
+      pos = jnp.asarray(sincos_table(num_time * h * w, self.width))
+    else:
+      pos_time = self.param('pos_time', layers.partitioned(init, None, 'mlp'), (t, self.width))
+      pos_space = self.param('pos_space', layers.partitioned(init, None, 'mlp'),
+                             (h * w, self.width))
+      pos = _resize_embedding(pos_time, num_time)[:, None] + pos_space[None]
     x = x + pos.reshape(num_time * h * w, self.width).astype(self.dtype)
     x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim or 4 * self.width,
-                       scan=self.scan, remat=self.remat, dtype=self.dtype, name='encoder')(
+                       scan=self.scan, remat=self.remat, act=self.act, norm_eps=self.norm_eps,
+                       final_norm_eps=self.final_norm_eps, dtype=self.dtype, name='encoder')(
                            x, train=train)
     return nn.Dense(self.patch_dim, dtype=self.dtype, name='pred',
                     kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'mlp', None),
@@ -138,6 +150,9 @@ class MaskedVideoModel(nn.Module):
     if self.video.get('attention', 'joint') != 'joint':
       raise ValueError("model.video.attention must be 'joint' for masked video modeling: the "
                        'encoder sees an irregular set of visible tokens.')
+    if self.video.get('pool') == 'cls':
+      raise ValueError("model.video.pool='cls' is not supported for masked video modeling: the "
+                       "decoder reads the tubelet tokens; use 'gap' or 'map'.")
     self.video_tower = VideoViT(**self.video, name='video')
     tubelet = tuple(self.video['tubelet'])
     grid = token_grid((1, self.video['num_frames'], self.video['image_size'],

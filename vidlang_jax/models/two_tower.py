@@ -26,8 +26,9 @@ def setup_text_and_head(module: nn.Module) -> None:
   names every video-text model shares (so their checkpoints load into one another)."""
   module.text_tower = TextTransformer(**module.text, name='text')
   proj = lambda name: nn.Dense(
-      module.embed_dim, use_bias=False, name=name,
-      kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed', None))
+      module.embed_dim, use_bias=getattr(module, 'proj_bias', False), name=name,
+      kernel_init=layers.partitioned(nn.initializers.lecun_normal(), 'embed', None),
+      bias_init=layers.partitioned(nn.initializers.zeros, None))
   module.video_proj, module.text_proj = proj('video_proj'), proj('text_proj')
   module.logit_scale = module.param('logit_scale', nn.initializers.constant(
       math.log(module.temperature_init)), ())
@@ -40,7 +41,8 @@ class TwoTower(nn.Module):
   """`video` tower (VideoViT) + `text` tower, projected to a shared `embed_dim` and normalised.
 
   `temperature_init` and `bias_init` follow SigLIP (t' = log 10, b = -10) by default; CLIP uses
-  temperature_init = 1 / 0.07 and no bias.
+  temperature_init = 1 / 0.07 and no bias. `proj_bias` gives the projections biases (SigLIP's
+  text head has one).
   """
 
   video: dict[str, Any]
@@ -48,6 +50,7 @@ class TwoTower(nn.Module):
   embed_dim: int = 512
   temperature_init: float = 10.0
   bias_init: float | None = -10.0
+  proj_bias: bool = False
 
   def setup(self):
     self.video_tower = VideoViT(**self.video, name='video')

@@ -1,0 +1,83 @@
+"""What every converter shares: the source's tensors taken once by name, the release config
+from a family's base config, and the check that the converted tree is the model's own."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from vidlang_jax import config as config_lib
+from vidlang_jax import registry
+from vidlang_jax.sharding import tree_paths
+
+# Release configs start from a family's base config (optimizer, mesh, evals for fine-tuning);
+# configs/ sits beside the package in a source checkout.
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'configs')
+
+
+def base_config(name: str) -> ml_collections.ConfigDict:
+  """`configs/<name>.py:base`, the config a converted release is trained on further."""
+  path = os.path.join(CONFIGS, f'{name}.py')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: converters build the release config from '
+                            f'configs/{name}.py of a source checkout.')
+  return config_lib.load(f'{path}:base')
+
+
+def unsupported(converter: str, key: str, value: Any, why: str) -> ValueError:
+  return ValueError(f'config.json: {key}={value!r} is not supported by convert {converter}: '
+                    f'{why}; converting it anyway would give a model that computes something '
+                    'else.')
+
+
+class Tensors:
+  """The state dict, each tensor taken once as fp32, so that what was not taken can be named.
+  Names ending in one of `ignore` (buffers the models recompute) are never reported."""
+
+  def __init__(self, tensors: dict[str, np.ndarray], src: str, ignore: Sequence[str] = ()):
+    self.tensors, self.src, self.taken, self.ignore = tensors, src, set(), tuple(ignore)
+
+  def __call__(self, name: str) -> np.ndarray:
+    if name not in self.tensors:
+      raise KeyError(f'{self.src} has no tensor {name!r} (it has e.g. '
+                     f'{sorted(self.tensors)[:6]}).')
+    self.taken.add(name)
+    return np.asarray(self.tensors[name], np.float32)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.tensors
+
+  def check_all_taken(self, converter: str) -> None:
+    left = sorted(k for k in set(self.tensors) - self.taken if not k.endswith(self.ignore))
+    if left:
+      raise ValueError(f'{self.src} has tensors convert {converter} does not map (an option of '
+                       f'config.json it does not know?): {left[:10]}')
+
+
+def stack(blocks: list[dict[str, Any]], scan: bool) -> dict[str, Any]:
+  """Per-block trees as the encoder names them: `blocks` stacked layers-first, or `block_i`."""
+  if scan:
+    return {'blocks': jax.tree.map(lambda *xs: np.stack(xs), *blocks)}
+  return {f'block_{i}': b for i, b in enumerate(blocks)}
+
+
+def check_params(params: dict[str, Any], config: ml_collections.ConfigDict,
+                 *example_inputs: jax.ShapeDtypeStruct) -> None:
+  """Fails unless `params` has exactly the names and shapes of `config.model`'s params."""
+  model = registry.lookup(config.model.name, kind='model')(
+      **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
+  abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0),
+                                          *example_inputs))['params']
+  shapes = lambda tree: {p: tuple(x.shape) for p, x in zip(jax.tree.leaves(tree_paths(tree)),
+                                                           jax.tree.leaves(tree))}
+  want, got = shapes(abstract), shapes(params)
+  wrong = sorted(f'{p}: model {want.get(p)}, converted {got.get(p)}'
+                 for p in set(want) | set(got) if want.get(p) != got.get(p))
+  if wrong:
+    raise ValueError(f'converted params do not fit {config.model.name}: ' + '; '.join(wrong[:10]))
