@@ -73,3 +73,17 @@ def assert_release_round_trip(workdir, step, out, tmp_path, evals=None):
   for key, value in results.items():
     assert value == pytest.approx(expected[key], rel=1e-5), key
   return results
+
+
+def hf_libraries():
+  """(torch, transformers) for the converters' parity tests. Where CI runs them the [hf]
+  extra is installed, so under CI=true a missing one is a failure, not a skip."""
+  import pytest
+
+  if os.environ.get('CI') == 'true':
+    import torch
+    import transformers
+  else:
+    torch = pytest.importorskip('torch')
+    transformers = pytest.importorskip('transformers')
+  return torch, transformers

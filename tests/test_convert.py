@@ -21,6 +21,8 @@ import vidlang_jax
 from vidlang_jax import convert, main
 from vidlang_jax.convert import hf_llama, weights
 
+from helpers import hf_libraries
+
 TINY = dict(model_type='llama', vocab_size=300, hidden_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
             rope_theta=10_000.0, rms_norm_eps=1e-5, max_position_embeddings=64,
@@ -28,16 +30,7 @@ TINY = dict(model_type='llama', vocab_size=300, hidden_size=64, num_hidden_layer
 TOLERANCE = 1e-4  # max abs logit difference, fp32
 
 
-def _hf():
-  """(torch, transformers); where CI runs the hf tests the [hf] extra is installed, so a missing
-  one is a failure there, not a skip."""
-  if os.environ.get('CI') == 'true':
-    import torch
-    import transformers
-  else:
-    torch = pytest.importorskip('torch')
-    transformers = pytest.importorskip('transformers')
-  return torch, transformers
+_hf = hf_libraries
 
 
 def tiny_llama(path, embed_std=0.003, **overrides):

@@ -10,7 +10,6 @@ features by far more than the 1e-4 bound.
 """
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,8 @@ from vidlang_jax import convert, pixels
 from vidlang_jax.convert import hf_image_text
 from vidlang_jax.data import caption_tokenizer
 
+from helpers import hf_libraries
+
 TOLERANCE = 1e-4
 VOCAB = 99
 TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -30,15 +31,7 @@ VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_att
               image_size=32, patch_size=8)
 
 
-def _hf():
-  """(torch, transformers): a failure under CI=true, where the [hf] extra is installed."""
-  if os.environ.get('CI') == 'true':
-    import torch
-    import transformers
-  else:
-    torch = pytest.importorskip('torch')
-    transformers = pytest.importorskip('transformers')
-  return torch, transformers
+_hf = hf_libraries
 
 
 def _randomize(model):

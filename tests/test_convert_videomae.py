@@ -5,7 +5,6 @@ tubelets under a mask (fp32, torch on the CPU), at two frame counts (VideoMAE's 
 is built for its own count: one model each).
 """
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +15,8 @@ import vidlang_jax
 from vidlang_jax import convert, masking, pixels
 from vidlang_jax.convert import hf_videomae
 
+from helpers import hf_libraries
+
 TOLERANCE = 1e-4
 TINY = dict(image_size=16, patch_size=8, tubelet_size=2, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=4, intermediate_size=48, decoder_hidden_size=24,
@@ -23,14 +24,7 @@ TINY = dict(image_size=16, patch_size=8, tubelet_size=2, hidden_size=32, num_hid
             decoder_intermediate_size=40)
 
 
-def _hf():
-  if os.environ.get('CI') == 'true':
-    import torch
-    import transformers
-  else:
-    torch = pytest.importorskip('torch')
-    transformers = pytest.importorskip('transformers')
-  return torch, transformers
+_hf = hf_libraries
 
 
 def tiny_videomae(path, **overrides):

@@ -3,8 +3,9 @@ from a family's base config, and the check that the converted tree is the model'
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -12,8 +13,10 @@ import ml_collections
 import numpy as np
 
 from vidlang_jax import config as config_lib
-from vidlang_jax import registry
+from vidlang_jax import registry, release
 from vidlang_jax.sharding import tree_paths
+
+log = logging.getLogger(__name__)
 
 # Release configs start from a family's base config (optimizer, mesh, evals for fine-tuning);
 # configs/ sits beside the package in a source checkout.
@@ -81,3 +84,18 @@ def check_params(params: dict[str, Any], config: ml_collections.ConfigDict,
                  for p in set(want) | set(got) if want.get(p) != got.get(p))
   if wrong:
     raise ValueError(f'converted params do not fit {config.model.name}: ' + '; '.join(wrong[:10]))
+
+
+def write_release(src: str, out: str, config: ml_collections.ConfigDict, params: dict[str, Any],
+                  model_card: Callable[[str, int], str]) -> str:
+  """The release of converted `params` at `out`, with the source's tokenizer.json when it has
+  one and the model card `model_card(absolute src, number of params)`; returns `out`."""
+  src = os.path.abspath(src)
+  tokenizer = os.path.join(src, 'tokenizer.json')
+  out = release.write(out, config, params, source=src,
+                      tokenizer_file=tokenizer if os.path.exists(tokenizer) else None)
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
+    f.write(model_card(src, num_params))
+  log.info('Converted %s (%d params) to %s.', src, num_params, out)
+  return out

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidlang_jax import pixels, registry, release
+from vidlang_jax import pixels, registry
 from vidlang_jax.convert import common, weights
 from vidlang_jax.ops.resample import inflate_patch_kernel
 
@@ -296,13 +296,8 @@ def convert(kind: str, src: str, out: str, *, scan: bool = True, num_frames: int
     log.warning('%s has no tokenizer.json: set data.tokenizer to the tokenizer the text tower '
                 'was trained with before fine-tuning (the ids of another mean other words).',
                 src)
-  out = release.write(out, config, params, source=os.path.abspath(src),
-                      tokenizer_file=tokenizer if os.path.exists(tokenizer) else None)
-  num_params = sum(x.size for x in jax.tree.leaves(params))
-  with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
-    f.write(_model_card(kind, os.path.abspath(src), config, num_params, inflate))
-  log.info('Converted %s (%d params) to %s.', src, num_params, out)
-  return out
+  return common.write_release(
+      src, out, config, params, lambda path, n: _model_card(kind, path, config, n, inflate))
 
 
 @registry.register('convert.hf_clip')

@@ -12,8 +12,6 @@ computes something else.
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
 import jax
@@ -21,10 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidlang_jax import registry, release
+from vidlang_jax import registry
 from vidlang_jax.convert import common, weights
 
-log = logging.getLogger(__name__)
 
 def _unsupported(key: str, value: Any, why: str) -> ValueError:
   return common.unsupported('hf_llama', key, value, why)
@@ -153,11 +150,5 @@ def convert(src: str, out: str, *, scan: bool = True) -> str:
   config = release_config(hf, scan)  # fails on unsupported options before reading weights
   params = convert_params(weights.read_state_dict(src), hf, scan, src)
   common.check_params(params, config, jax.ShapeDtypeStruct((1, 1), jnp.int32))
-  tokenizer = os.path.join(src, 'tokenizer.json')
-  out = release.write(out, config, params, source=os.path.abspath(src),
-                      tokenizer_file=tokenizer if os.path.exists(tokenizer) else None)
-  num_params = sum(x.size for x in jax.tree.leaves(params))
-  with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
-    f.write(_model_card(os.path.abspath(src), hf, config, num_params))
-  log.info('Converted %s (%d params) to %s.', src, num_params, out)
-  return out
+  return common.write_release(
+      src, out, config, params, lambda path, n: _model_card(path, hf, config, n))

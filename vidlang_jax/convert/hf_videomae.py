@@ -16,8 +16,6 @@ every logit of a query, which the softmax removes, so our zero key bias computes
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
 import jax
@@ -25,11 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidlang_jax import masking, pixels, registry, release
+from vidlang_jax import masking, pixels, registry
 from vidlang_jax.convert import common, weights
 from vidlang_jax.convert.hf_image_text import ACTIVATIONS, read_pixel_stats
-
-log = logging.getLogger(__name__)
 
 # The pixel statistics VideoMAE's processor and its pretraining loss use (ImageNet's).
 DEFAULT_PIXELS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -179,12 +175,8 @@ def convert(src: str, out: str, *, scan: bool = True) -> str:
   common.check_params(params, config,
                       jax.ShapeDtypeStruct((1, config.data.num_frames, size, size, 3),
                                            jnp.float32), *_example_mask(config))
-  out = release.write(out, config, params, source=os.path.abspath(src))
-  num_params = sum(x.size for x in jax.tree.leaves(params))
-  with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
-    f.write(_model_card(os.path.abspath(src), config, num_params))
-  log.info('Converted %s (%d params) to %s.', src, num_params, out)
-  return out
+  return common.write_release(src, out, config, params,
+                               lambda path, n: _model_card(path, config, n))
 
 
 def _example_mask(config: ml_collections.ConfigDict) -> tuple[masking.Mask]:
