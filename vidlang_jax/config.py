@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
+from vidlang_jax import paths
+
 REQUIRED_KEYS = ('total_steps', 'batch_size', 'seed', 'log_every', 'eval_every',
                  'checkpoint_every', 'mesh', 'model', 'data', 'optimizer', 'init_from')
 
@@ -119,11 +121,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       'must be positive.')
 
 
-def read_run_config(workdir: str, expected: str) -> ml_collections.ConfigDict:
-  """The `config.json` the trainer (or `vidlang export`) wrote in `workdir`; `expected` says
-  in the error what `workdir` should have been."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+def read_run_config(workdir: str | os.PathLike, expected: str) -> ml_collections.ConfigDict:
+  """The `config.json` the trainer (or `vidlang export`) wrote in `workdir` (a local folder or
+  gs://...); `expected` says in the error what `workdir` should have been."""
+  path = paths.path(workdir) / 'config.json'
+  if not path.exists():
     raise FileNotFoundError(f'{path} does not exist: {expected}.')
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text(encoding='utf-8')))

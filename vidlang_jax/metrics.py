@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
+
+from vidlang_jax import paths
 
 
 def to_python(value: Any) -> Any:
@@ -18,35 +19,48 @@ def to_python(value: Any) -> Any:
 
 
 class MetricWriter:
-  """Writes from process 0 only; other processes get a no-op writer."""
+  """Writes from process 0 only; other processes get a no-op writer.
 
-  def __init__(self, workdir: str):
+  A local metrics.jsonl is appended to; an object store (`gs://`) has no append, so there the
+  whole file, kept in memory, is written again on each write (one line per logged step).
+  """
+
+  def __init__(self, workdir: paths.PathLike):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter
 
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.jsonl = open(self.path, 'a', encoding='utf-8')
-    self.tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self.path = paths.path(workdir) / 'metrics.jsonl'
+    self.remote = paths.is_remote(self.path)
+    self.lines = self.path.read_text(encoding='utf-8').splitlines(keepends=True) if (
+        self.remote and self.path.exists()) else []
+    self.jsonl = None if self.remote else self.path.open('a', encoding='utf-8')
+    self.tensorboard = SummaryWriter(str(paths.path(workdir) / 'tensorboard'))
 
   def drop_after(self, step: int) -> None:
     """Forgets logged records past `step` (a resumed run redoes those steps)."""
     if not self.enabled:
       return
-    self.jsonl.close()
-    with open(self.path, encoding='utf-8') as f:
-      kept = [line for line in f if json.loads(line)['step'] <= step]
-    with open(self.path, 'w', encoding='utf-8') as f:
-      f.writelines(kept)
-    self.jsonl = open(self.path, 'a', encoding='utf-8')
+    if not self.remote:
+      self.jsonl.close()
+      self.lines = self.path.read_text(encoding='utf-8').splitlines(keepends=True)
+    self.lines = [line for line in self.lines if json.loads(line)['step'] <= step]
+    self.path.write_text(''.join(self.lines), encoding='utf-8')
+    if not self.remote:
+      self.jsonl = self.path.open('a', encoding='utf-8')
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step), **{k: to_python(v) for k, v in metrics.items()}}
-    self.jsonl.write(json.dumps(record) + '\n')
-    self.jsonl.flush()
+    line = json.dumps(record) + '\n'
+    if self.remote:
+      self.lines.append(line)
+      self.path.write_text(''.join(self.lines), encoding='utf-8')
+    else:
+      self.jsonl.write(line)
+      self.jsonl.flush()
     for key, value in record.items():
       if key != 'step' and isinstance(value, (int, float)):
         self.tensorboard.add_scalar(key, value, step)
@@ -54,5 +68,6 @@ class MetricWriter:
 
   def close(self) -> None:
     if self.enabled:
-      self.jsonl.close()
+      if self.jsonl is not None:
+        self.jsonl.close()
       self.tensorboard.close()

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from vidlang_jax import checkpoint as checkpoint_lib
 from vidlang_jax import config as config_lib
-from vidlang_jax import sharding, train
+from vidlang_jax import paths, sharding, train
 from vidlang_jax.data import builders
 from vidlang_jax.sharding import tree_paths
 
@@ -41,13 +41,13 @@ VERSION = 1
 _PATH_KEYS = ('tokenizer', 'video_tokenizer')
 
 
-def _caption_tokenizer_file(data: ml_collections.ConfigDict) -> str | None:
+def _caption_tokenizer_file(data: ml_collections.ConfigDict) -> epath.Path | None:
   """The tokenizer a run's text ids come from: `data.tokenizer`, else its dataset's."""
   if data.get('tokenizer'):
-    return data.tokenizer
+    return paths.path(data.tokenizer)
   builder = builders.get_builder(data.name, data.get('data_dir'), **data.get('builder_kwargs', {}))
-  path = os.path.join(builder.data_dir, 'tokenizer.json')
-  return path if os.path.exists(path) else None
+  path = paths.path(builder.data_dir) / 'tokenizer.json'
+  return path if path.exists() else None
 
 
 def _model_card(config: ml_collections.ConfigDict, source: str,
@@ -68,45 +68,44 @@ def _model_card(config: ml_collections.ConfigDict, source: str,
   return '\n'.join(lines)
 
 
-def write(out: str, config: ml_collections.ConfigDict, params: Any, *,
-          tokenizer_file: str | None = None, video_tokenizer: str | None = None,
+def write(out: paths.PathLike, config: ml_collections.ConfigDict, params: Any, *,
+          tokenizer_file: paths.PathLike | None = None, video_tokenizer: str | None = None,
           source: str = '', metrics: dict[str, Any] | None = None,
           safetensors: bool = False) -> str:
-  """Writes a release of `params` (a tree) for `config` to `out` (which must not exist);
-  converters and `export` both end here. Returns `out`."""
-  out = os.path.abspath(out)
-  if os.path.exists(out):
+  """Writes a release of `params` (a tree) for `config` to `out` (a new local folder or
+  gs://...); converters and `export` both end here. Returns `out`."""
+  out = paths.path(out)
+  if out.exists():
     raise FileExistsError(f'{out} exists: choose a new --out.')
   if safetensors:
     try:
-      from safetensors.numpy import save_file
+      from safetensors.numpy import save as safetensors_bytes
     except ImportError as e:
       raise ValueError("model.safetensors needs the safetensors package: pip install -e "
                        "'.[hf]'") from e
-  os.makedirs(out)
+  out.mkdir(parents=True)
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.tokenizer = ''
   if tokenizer_file:
-    shutil.copy(tokenizer_file, os.path.join(out, 'tokenizer.json'))
+    paths.path(tokenizer_file).copy(out / 'tokenizer.json')
     config.data.tokenizer = 'tokenizer.json'
   if video_tokenizer:
     config.data.video_tokenizer = 'video_tokenizer'
-  checkpoint_lib.save_params(os.path.join(out, checkpoint_lib.RELEASE_PARAMS), params)
+  checkpoint_lib.save_params(out / checkpoint_lib.RELEASE_PARAMS, params)
   if safetensors:
     flat = {path: np.asarray(leaf) for path, leaf in
             zip(jax.tree.leaves(tree_paths(params)), jax.tree.leaves(params))}
-    save_file(flat, os.path.join(out, 'model.safetensors'))
-  with open(os.path.join(out, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(config.to_json(indent=2))
+    (out / 'model.safetensors').write_bytes(safetensors_bytes(flat))
+  (out / 'config.json').write_text(config.to_json(indent=2), encoding='utf-8')
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   step = os.path.basename(source)
-  with open(os.path.join(out, 'release.json'), 'w', encoding='utf-8') as f:
-    json.dump(dict(format=FORMAT, version=VERSION, model=config.model.name, source=source,
-                   step=int(step) if step.isdigit() else None, num_params=num_params), f,
-              indent=2)
-  with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
-    f.write(_model_card(config, source, metrics, num_params))
-  return out
+  (out / 'release.json').write_text(json.dumps(dict(
+      format=FORMAT, version=VERSION, model=config.model.name, source=source,
+      step=int(step) if step.isdigit() else None, num_params=num_params), indent=2),
+                                    encoding='utf-8')
+  (out / 'README.md').write_text(_model_card(config, source, metrics, num_params),
+                                 encoding='utf-8')
+  return str(out)
 
 
 def export(workdir: str, out: str, *, step: int | None = None,
@@ -114,26 +113,23 @@ def export(workdir: str, out: str, *, step: int | None = None,
   """A training run's checkpoint (the latest, or `step`) as a release; a world model's video
   tokenizer run is exported inside it. Returns `out`."""
   config = config_lib.read_run_config(workdir, '--workdir must be a training run')
-  source = os.path.join(workdir, 'checkpoints', str(step)) if step is not None else workdir
+  source = str(paths.path(workdir) / 'checkpoints' / str(step)) if step is not None else workdir
   params, name = checkpoint_lib.read_params_tree(source)
   exported_step = int(os.path.basename(name))
   # Class counts taken from the dataset at training time are fixed in the release.
   config.model = ml_collections.ConfigDict(train.model_kwargs(config) | {
       'name': config.model.name})
-  eval_path = os.path.join(workdir, 'eval', f'{exported_step}.json')
-  metrics = None
-  if os.path.exists(eval_path):
-    with open(eval_path, encoding='utf-8') as f:
-      metrics = json.load(f)
+  eval_path = paths.path(workdir) / 'eval' / f'{exported_step}.json'
+  metrics = json.loads(eval_path.read_text(encoding='utf-8')) if eval_path.exists() else None
   video_tokenizer = config.data.get('video_tokenizer')
   out = write(out, config, params, tokenizer_file=_caption_tokenizer_file(config.data),
               video_tokenizer=video_tokenizer, source=name, metrics=metrics,
               safetensors=safetensors)
   if video_tokenizer:
     if checkpoint_lib.is_release(video_tokenizer):
-      shutil.copytree(video_tokenizer, os.path.join(out, 'video_tokenizer'))
+      paths.copy_tree(video_tokenizer, paths.path(out) / 'video_tokenizer')
     else:
-      export(video_tokenizer, os.path.join(out, 'video_tokenizer'))
+      export(video_tokenizer, paths.path(out) / 'video_tokenizer')
   return out
 
 
@@ -143,7 +139,7 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   if checkpoint_lib.is_release(path):
     for key in _PATH_KEYS:
       if config.data.get(key):
-        config.data[key] = os.path.join(os.path.abspath(path), config.data[key])
+        config.data[key] = str(paths.path(path) / config.data[key])
   return config
 
 
@@ -159,8 +155,8 @@ def load_pretrained(path: str, mesh: jax.sharding.Mesh | None = None
 def evaluate(path: str, workdir: str, names: tuple[str, ...] | None = None) -> dict[str, Any]:
   """Runs the evaluators of a release's config (or those `names`) on its params, on the
   config's mesh; writes `workdir/eval/<step>.json` (the exported step) and returns it."""
-  with open(os.path.join(path, 'release.json'), encoding='utf-8') as f:
-    step = json.load(f).get('step') or 0
+  step = json.loads((paths.path(path) / 'release.json').read_text(
+      encoding='utf-8')).get('step') or 0
   config = load_config(path)
   if names is not None:
     config.evals = ml_collections.ConfigDict({n: config.evals[n] for n in names})

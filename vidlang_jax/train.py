@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 from typing import Any, NamedTuple
 
@@ -23,7 +22,7 @@ import optax
 import tqdm
 
 from vidlang_jax import checkpoint as checkpoint_lib
-from vidlang_jax import inputs, registry, sharding
+from vidlang_jax import inputs, paths, registry, sharding
 from vidlang_jax.data import builders
 from vidlang_jax.evaluators import common as evaluators_common
 from vidlang_jax.metrics import MetricWriter, to_python
@@ -146,12 +145,13 @@ def make_train_step(objective, tx, schedule, state_shardings):
   return train_step
 
 
-def write_eval(workdir: str, step: int, results: dict[str, Any]) -> None:
-  os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
-  path = os.path.join(workdir, 'eval', f'{step}.json')
+def write_eval(workdir: paths.PathLike, step: int, results: dict[str, Any]) -> None:
   if jax.process_index() == 0:
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump({'step': step, **{k: to_python(v) for k, v in results.items()}}, f, indent=2)
+    folder = paths.path(workdir) / 'eval'
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f'{step}.json').write_text(json.dumps(
+        {'step': step, **{k: to_python(v) for k, v in results.items()}}, indent=2),
+                                         encoding='utf-8')
 
 
 def build_evaluators(config, model, mesh) -> dict[str, Any]:
@@ -180,10 +180,10 @@ def run_evals(evaluators, params, step: int, workdir: str) -> dict[str, Any]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains to `config.total_steps` (resuming from `workdir`) and returns the last metrics."""
   # ---------------------------------------------------------------- logging
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.path(workdir)  # a local folder or gs://bucket/...
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(config.to_json(indent=2))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.json').write_text(config.to_json(indent=2), encoding='utf-8')
   writer = MetricWriter(workdir)
 
   # ---------------------------------------------------------------- mesh
@@ -203,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 
     # -------------------------------------------------------------- restore or sharded init
-    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+    checkpointer = checkpoint_lib.Checkpointer(workdir / 'checkpoints',
                                                max_to_keep=config.get('keep_checkpoints', 3))
     restored = checkpointer.restore_latest(setup.abstract_state, train_iter)
     if restored is not None:
@@ -272,8 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # Eval time is not training throughput: start a new measurement window.
         window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
 
-    final_eval = os.path.join(workdir, 'eval', f'{config.total_steps}.json')
-    if evaluators and start_step == config.total_steps and not os.path.exists(final_eval):
+    final_eval = workdir / 'eval' / f'{config.total_steps}.json'
+    if evaluators and start_step == config.total_steps and not final_eval.exists():
       run_evals(evaluators, state['params'], start_step, workdir)  # finished, never evaluated
 
     progress.close()
@@ -289,7 +289,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   with sharding.use_mesh(mesh, sharding.logical_rules(config)):
     setup = build(config, mesh)
-    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+    checkpointer = checkpoint_lib.Checkpointer(paths.path(workdir) / 'checkpoints')
     restored = checkpointer.restore_latest(setup.abstract_state, None)
     if restored is None:
       raise FileNotFoundError(f'No checkpoint to evaluate in {workdir}/checkpoints.')

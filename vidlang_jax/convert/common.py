@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from vidlang_jax import config as config_lib
-from vidlang_jax import registry, release
+from vidlang_jax import paths, registry, release
 from vidlang_jax.sharding import tree_paths
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,6 @@ def write_release(src: str, out: str, config: ml_collections.ConfigDict, params:
   out = release.write(out, config, params, source=src,
                       tokenizer_file=tokenizer if os.path.exists(tokenizer) else None)
   num_params = sum(x.size for x in jax.tree.leaves(params))
-  with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
-    f.write(model_card(src, num_params))
+  (paths.path(out) / 'README.md').write_text(model_card(src, num_params), encoding='utf-8')
   log.info('Converted %s (%d params) to %s.', src, num_params, out)
   return out

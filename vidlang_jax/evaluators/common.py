@@ -11,7 +11,6 @@ built; the trainer leaves it out with a one-line notice and runs the others.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -20,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from vidlang_jax import sharding
+from vidlang_jax import paths, sharding
 from vidlang_jax.data import builders, pipeline
 
 
@@ -39,23 +38,23 @@ def gather(tree: Any) -> Any:
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def save_image(workdir: str, folder: str, step: int, image: np.ndarray) -> str:
+def save_image(workdir: paths.PathLike, folder: str, step: int, image: np.ndarray) -> str:
   """Writes `workdir/folder/<step>.png` on process 0; returns the path."""
-  path = os.path.join(workdir, folder, f'{step}.png')
+  path = paths.path(workdir) / folder / f'{step}.png'
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(image).save(path)
-  return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open('wb') as f:
+      Image.fromarray(image).save(f, format='PNG')
+  return str(path)
 
 
-def save_text(workdir: str, folder: str, step: int, lines: Sequence[str]) -> str:
+def save_text(workdir: paths.PathLike, folder: str, step: int, lines: Sequence[str]) -> str:
   """Writes `workdir/folder/<step>.txt` (one line each) on process 0; returns the path."""
-  path = os.path.join(workdir, folder, f'{step}.txt')
+  path = paths.path(workdir) / folder / f'{step}.txt'
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write('\n'.join(lines) + '\n')
-  return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('\n'.join(lines) + '\n', encoding='utf-8')
+  return str(path)
 
 
 class Evaluator:
