@@ -1,4 +1,4 @@
-# make demo | make test | make test-hf | make test-all | make bench | make lint — each creates
+# make demo | make test | make test-hf | make test-gcs | make test-all | make bench | make lint — each creates
 # .venv and installs on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,7 @@ WORKDIR ?= runs/demo
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest tests -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
-.PHONY: venv demo test test-all test-hf bench lint clean
+.PHONY: venv demo test test-all test-hf test-gcs bench lint clean
 
 venv: $(STAMP)
 
@@ -38,7 +38,11 @@ demo: $(STAMP)
 # Fast suite (~12 min on 2 CPU cores with 2 workers); slow tests are marked, run by test-all.
 # The hf tests (parity against transformers) need torch: `make test-hf` installs it and runs them.
 test: $(STAMP)
-	$(PYTEST) -m 'not slow and not hf'
+	$(PYTEST) -m 'not slow and not hf and not gcs'
+
+# gs:// workdirs end to end against a GCS emulator on 127.0.0.1 (~3 min); .ci/run runs it.
+test-gcs: $(STAMP)
+	$(PYTEST) -m gcs
 
 test-hf: $(HF_STAMP)
 	$(PYTEST) -m hf

@@ -86,6 +86,7 @@ def _vidlang(env, *args, cwd):
   return result.stdout + result.stderr
 
 
+@pytest.mark.gcs
 def test_train_resume_eval_export_on_gcs(gcs, tiny_data_dir, tmp_path):
   url, env = gcs
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
