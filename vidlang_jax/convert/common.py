@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from vidlang_jax import config as config_lib
-from vidlang_jax import paths, registry, release
+from vidlang_jax import paths, pixels, registry, release
 from vidlang_jax.sharding import tree_paths
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,23 @@ class Tensors:
     if left:
       raise ValueError(f'{self.src} has tensors convert {converter} does not map (an option of '
                        f'config.json it does not know?): {left[:10]}')
+
+
+def patch_kernel(weight: np.ndarray, bias: np.ndarray,
+                 source_pixels: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """A torch Conv2d / Conv3d patch embedding `[width, 3, (t,) p, p]` that reads the source's
+  pixel normalisation -> our Dense `[(t*)p*p*3, width]` (rows `(pt ph pw c)`, as `patchify`)
+  and its bias, reading `pixels.normalize`'s.
+
+  Our input is y = (x - m) / s, the source's z = (x - m') / s' = y s / s' + (m - m') / s', so
+  the kernel is scaled per channel by s / s' and the bias takes the kernel times the shift.
+  """
+  mean, std = source_pixels
+  kernel = np.moveaxis(weight, (0, 1), (-1, -2))  # [(t,) p, p, 3, width]
+  width = kernel.shape[-1]
+  shift = (kernel * ((pixels.MEAN_RGB - mean) / std)[:, None]).reshape(-1, width).sum(axis=0)
+  kernel = kernel * (pixels.STD_RGB / std)[:, None]
+  return kernel.reshape(-1, width), bias + shift
 
 
 def stack(blocks: list[dict[str, Any]], scan: bool) -> dict[str, Any]:

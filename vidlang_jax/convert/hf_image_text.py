@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidlang_jax import pixels, registry
+from vidlang_jax import registry
 from vidlang_jax.convert import common, weights
 from vidlang_jax.ops.resample import inflate_patch_kernel
 
@@ -133,17 +133,9 @@ def read_pixel_stats(src: str, default: tuple[Any, Any]) -> tuple[np.ndarray, np
 def patch_embedding(weight: np.ndarray, bias: np.ndarray, source_pixels: tuple[np.ndarray,
                     np.ndarray], tubelet_time: int, inflate: str) -> dict[str, np.ndarray]:
   """A torch Conv2d patch embedding `[width, 3, p, p]` reading the source's normalisation ->
-  our tubelet Dense `[pt*p*p*3, width]` reading `pixels.normalize`'s.
-
-  Our input is y = (x - m) / s, the source's z = (x - m') / s' = y s / s' + (m - m') / s', so
-  the kernel is scaled per channel by s / s' and the bias takes the kernel times the shift.
-  """
-  mean, std = source_pixels
-  kernel = weight.transpose(2, 3, 1, 0)  # [p, p, 3, width], rows (ph pw c) as patchify
-  shift = (pixels.MEAN_RGB - mean) / std  # [3]
-  bias = bias + np.einsum('hwcd,c->d', kernel, shift)
-  kernel = kernel * (pixels.STD_RGB / std)[:, None]
-  kernel = kernel.reshape(-1, kernel.shape[-1])
+  our tubelet Dense `[pt*p*p*3, width]` reading `pixels.normalize`'s
+  (`common.patch_kernel`), inflated over the tubelet's frames."""
+  kernel, bias = common.patch_kernel(weight, bias, source_pixels)
   return {'kernel': inflate_patch_kernel(kernel, tubelet_time * kernel.shape[0], inflate),
           'bias': bias}
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidlang_jax import masking, pixels, registry
+from vidlang_jax import masking, registry
 from vidlang_jax.convert import common, weights
 from vidlang_jax.convert.hf_image_text import ACTIVATIONS, read_pixel_stats
 
@@ -119,13 +119,10 @@ def convert_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], model: di
   video, decoder = model['video'], model['decoder']
   qv_bias = bool(hf.get('qv_bias', True))
   e = 'videomae.'
-  mean, std = source_pixels
-  # Conv3d [width, 3, pt, p, p] -> [pt, p, p, 3, width], rows (pt ph pw c) as patchify; the
-  # source's normalisation folded in as for the image converters.
-  kernel = take(f'{e}embeddings.patch_embeddings.projection.weight').transpose(2, 3, 4, 1, 0)
-  bias = take(f'{e}embeddings.patch_embeddings.projection.bias')
-  bias = bias + np.einsum('thwcd,c->d', kernel, (pixels.MEAN_RGB - mean) / std)
-  kernel = (kernel * (pixels.STD_RGB / std)[:, None]).reshape(-1, video['width'])
+  # Conv3d [width, 3, pt, p, p] -> [pt*p*p*3, width], the source's normalisation folded in.
+  kernel, bias = common.patch_kernel(
+      take(f'{e}embeddings.patch_embeddings.projection.weight'),
+      take(f'{e}embeddings.patch_embeddings.projection.bias'), source_pixels)
   blocks = [_layer(take, f'{e}encoder.layer.{i}.', video['width'], video['num_heads'], qv_bias)
             for i in range(video['depth'])]
   encoder = common.stack(blocks, video['scan'])
