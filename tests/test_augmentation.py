@@ -117,7 +117,7 @@ def test_train_pipeline_takes_strides_and_crop_scale_from_the_config(clips, tiny
                      crop_scale=(0.5, 0.6))
   records = [dict(video=clips[kind], caption=b'a clip', video_id=kind.encode())
              for kind in ('frames', 'rows', 'cols')]
-  ds = pipeline.train_dataset(records, config.data, local_batch_size=1, seed=0,
+  ds = pipeline.train_dataset(records, config.data, global_batch_size=1, seed=0,
                               tokenizer_file=pipeline.tokenizer_path(config.data))
   seen = set()
   for batch, _ in zip(ds, range(12)):  # 4 passes over the 3 clips, reshuffled each pass

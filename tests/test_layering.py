@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'vidlang_jax'
 
 # Each module group and the groups it may import (besides itself). Bottom first.
 ALLOWED = {
-    'floor': set(),  # ops, sharding, registry, pixels, config, metrics, paths
+    'floor': set(),  # ops, sharding, registry, pixels, config, metrics, paths, distributed
     'masking': {'floor'},
     'losses': {'floor'},
     'optimizer': {'floor'},
@@ -27,7 +27,7 @@ ALLOWED = {
     'convert': {'floor', 'masking', 'release'},
     'main': {'floor', 'data', 'train', 'checkpoint', 'release', 'convert'},
 }
-FLOOR = {'ops', 'sharding', 'registry', 'pixels', 'config', 'metrics', 'paths'}
+FLOOR = {'ops', 'sharding', 'registry', 'pixels', 'config', 'metrics', 'paths', 'distributed'}
 
 
 def group(module: str) -> str:

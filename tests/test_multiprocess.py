@@ -1,38 +1,36 @@
-"""Two local processes x 4 CPU devices = one 8-device mesh: the multi-host code path, saving
-and resuming, read back in one process."""
+"""Several processes as one run, the way users launch them: `vidlang train` under
+launch/local_multiprocess.sh (2 processes x 4 CPU devices) computes what 1 process x 8 devices
+computes, and a checkpoint it wrote resumes in 1 process."""
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
-from vidlang_jax import checkpoint as checkpoint_lib
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHER = os.path.join(ROOT, 'launch', 'local_multiprocess.sh')
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
+def train_command(data_dir, workdir, total_steps=4):
+  return [sys.executable, '-m', 'vidlang_jax', 'train', '--config',
+          os.path.join(ROOT, 'configs/two_tower.py:tiny'), '--workdir', workdir,
+          '--data_dir', data_dir, '--config.data.name=moving_shapes/tiny',
+          f'--config.total_steps={total_steps}', '--config.log_every=1',
+          '--config.checkpoint_every=2', '--config.eval_every=100', '--config.batch_size=16',
+          '--config.model.video.depth=1', '--config.model.text.depth=1',
+          '--config.mesh.data=2', '--config.mesh.fsdp=4', '--config.data.num_workers=0',
+          '--config.evals.retrieval.batch_size=32', '--config.peak_flops_per_device=1e11']
 
 
-def run_two_processes(data_dir, workdir, total_steps):
-  worker = os.path.join(os.path.dirname(__file__), 'multiprocess_worker.py')
-  port = str(free_port())
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  procs = [subprocess.Popen([sys.executable, worker, str(i), '2', port, data_dir, workdir,
-                             str(total_steps)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
-  losses = [line.split('loss=')[1] for out in outputs for line in out.splitlines()
-            if 'devices=8' in line]
-  assert len(losses) == 2 and losses[0] == losses[1]  # one global computation, one loss
+def run(command, devices=8):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+  assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+  return done.stdout + done.stderr
 
 
 def logged_losses(workdir):
@@ -40,28 +38,33 @@ def logged_losses(workdir):
     return {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
 
 
-def test_two_processes_train_checkpoint_resume_and_eval(tiny_data_dir, tmp_path):
-  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  run_two_processes(tiny_data_dir, straight, 4)
-  data_state = os.listdir(os.path.join(straight, 'checkpoints', '2', 'data'))
+def test_two_processes_match_one_and_resume_in_one(tiny_data_dir, tmp_path):
+  one, two, moved = (str(tmp_path / name) for name in ('one', 'two', 'moved'))
+  run(train_command(tiny_data_dir, one))
+  output = run([LAUNCHER, '-n', '2', '-d', '4', '--'] + train_command(tiny_data_dir, two))
+
+  # One global computation on the same global batches: the losses of 1 x 8 devices.
+  single, multi = logged_losses(one), logged_losses(two)
+  assert sorted(multi) == [1, 2, 3, 4]
+  np.testing.assert_allclose([multi[s] for s in range(1, 5)], [single[s] for s in range(1, 5)],
+                             rtol=0, atol=1e-5)
+  assert 'Process 0 of 2 (explicit launch), 4 local of 8 devices.' in output
+  assert not [line for line in output.splitlines()  # only process 0 logs and shows progress
+              if line.startswith('[1/2]') and (' INFO ' in line or 'train:' in line)]
+  data_state = os.listdir(os.path.join(two, 'checkpoints', '2', 'data'))
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(data_state)
-  with open(os.path.join(straight, 'eval', '4.json')) as f:
+  with open(os.path.join(two, 'eval', '4.json')) as f:
     assert json.load(f)['chance_r1'] == 1 / 64  # every test clip evaluated exactly once
 
-  # A run killed after its step-2 checkpoint: new processes restore the train state and each
-  # process's data iterator, and redo steps 3-4 as the uninterrupted run did.
-  shutil.copytree(straight, resumed)
-  shutil.rmtree(os.path.join(resumed, 'checkpoints', '4'))
-  run_two_processes(tiny_data_dir, resumed, 4)
-  first, again = logged_losses(straight), logged_losses(resumed)
-  assert sorted(again) == [1, 2, 3, 4]
-  np.testing.assert_allclose([again[s] for s in (3, 4)], [first[s] for s in (3, 4)], rtol=1e-6)
-
-  # What the two processes wrote, read in this one process (another topology), leaf by leaf.
-  params, name = checkpoint_lib.read_params(straight)
-  params_resumed, name_resumed = checkpoint_lib.read_params(resumed)
-  assert name.endswith('4') and name_resumed.endswith('4')
-  assert params.keys() == params_resumed.keys() and len(params) > 10
-  for path in params:
-    np.testing.assert_allclose(params_resumed[path], params[path], rtol=1e-5, atol=1e-7,
-                               err_msg=path)
+  # Killed after its step-2 checkpoint, resumed as 1 process x 8 devices: the train state is
+  # restored onto the new topology and the input restarts at global batch 2, so steps 3-4
+  # are those of the uninterrupted runs.
+  shutil.copytree(two, moved)
+  shutil.rmtree(os.path.join(moved, 'checkpoints', '4'))
+  os.remove(os.path.join(moved, 'eval', '4.json'))
+  output = run(train_command(tiny_data_dir, moved))
+  assert 'was saved by 2 processes and this run has 1' in output
+  resumed = logged_losses(moved)
+  assert sorted(resumed) == [1, 2, 3, 4]
+  np.testing.assert_allclose([resumed[s] for s in (3, 4)], [single[s] for s in (3, 4)],
+                             rtol=0, atol=1e-5)

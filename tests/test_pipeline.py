@@ -69,7 +69,7 @@ def test_corrupt_clips_are_skipped_and_counted(tiny_data_dir):
   good = [dict(source[i]) for i in range(8)]
   corrupt = [dict(good[0], video=b'not an mp4 at all'), dict(good[1], video=b''),
              dict(good[2], video=good[2]['video'][:40])]  # truncated inside the header
-  ds = pipeline.train_dataset(good + corrupt, dc, local_batch_size=4, seed=0,
+  ds = pipeline.train_dataset(good + corrupt, dc, global_batch_size=4, seed=0,
                               tokenizer_file=pipeline.tokenizer_path(dc))
   batches = [batch for batch, _ in zip(ds, range(4))]  # 16 good clips = two passes
   skipped = sum(int(b['num_skipped'].sum()) for b in batches)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import grain
 import jax
@@ -29,6 +29,12 @@ from vidlang_jax.sharding import tree_paths
 log = logging.getLogger(__name__)
 
 
+class Restored(NamedTuple):
+  step: int
+  state: Any
+  data_restored: bool  # False: the data iterator was saved by another number of processes
+
+
 class Checkpointer:
   """`workdir/checkpoints/<step>/{state,data,config}`; async saves, keeps the last `max_to_keep`."""
 
@@ -46,19 +52,30 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     self.manager.save(step, args=ocp.args.Composite(**items))
 
-  def restore_latest(self, abstract_state: Any,
-                     data_iterator: Any | None) -> tuple[int, Any] | None:
+  def saved_process_count(self, step: int) -> int | None:
+    """How many processes wrote step's data-iterator states (`process_<i>-of-<n>.json`)."""
+    folder = self.directory / str(step) / 'data'
+    counts = {int(m.group(1)) for f in (folder.iterdir() if folder.is_dir() else ())
+              if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', f.name))}
+    return counts.pop() if len(counts) == 1 else None
+
+  def restore_latest(self, abstract_state: Any, data_iterator: Any | None) -> Restored | None:
     """Restores the newest checkpoint that loads, walking back past damaged ones.
 
     `abstract_state` leaves are `jax.ShapeDtypeStruct`s with shardings: the state is restored
-    straight onto the current mesh, whatever mesh wrote it. Returns (step, state), or None when
-    there is no checkpoint. Checkpoints that exist but do not fit this config (other shapes or
-    params) raise instead of silently starting the run again.
+    straight onto the current mesh, whatever mesh wrote it. The data iterator's state is
+    restored when as many processes wrote it as run now (else `data_restored` is False and the
+    caller restarts its input at the step). Returns None when there is no checkpoint.
+    Checkpoints that exist but do not fit this config (other shapes or params) raise instead of
+    silently starting the run again.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
     for step in steps:
       items = dict(state=ocp.args.StandardRestore(abstract_state))
-      if data_iterator is not None:
+      saved_processes = self.saved_process_count(step)
+      restore_data = data_iterator is not None and saved_processes in (None,
+                                                                        jax.process_count())
+      if restore_data:
         items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
@@ -69,7 +86,7 @@ class Checkpointer:
         log.warning('Checkpoint %d in %s is incomplete (%s); trying an older one.',
                     step, self.directory, e)
         continue
-      return step, restored['state']
+      return Restored(step, restored['state'], restore_data)
     if steps:
       raise FileNotFoundError(f'No checkpoint in {self.directory} loads (steps {steps} are all '
                               'incomplete); move them away to start again.')

@@ -1,7 +1,9 @@
 """Input formats by name: what a family's batches are made of, for the one trainer.
 
 `config.data.format` names one (`input.clips`, the default, or `input.lm_sequences`); each gives
-`train_iterator(data_config, *, global_batch_size, seed)` (infinite, checkpointable) and
+`train_iterator(data_config, *, global_batch_size, seed, start_step=0)` (infinite,
+checkpointable; `start_step` starts it at a global batch, for a run resumed on another number
+of processes, or raises saying what to do instead) and
 `batch_spec(data_config, global_batch_size, mesh)` (shapes of one global batch, no data read).
 The world model's format sits here, a floor above `data` and `models`, because its token cache
 runs a trained video tokenizer over the clips.
@@ -76,8 +78,14 @@ def token_cache(data_config: ml_collections.ConfigDict, split: str,
 
 
 def lm_train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
-                      seed: int):
+                      seed: int, start_step: int = 0):
   """Packed rows of tokenized clips and needle documents (see `data/sequences.py`)."""
+  if start_step:
+    # Each process packs its own documents, so a split made for n processes cannot be re-cut.
+    raise ValueError(
+        f'The lm_sequences input cannot be re-split at step {start_step} for '
+        f'{jax.process_count()} processes: resume with the number of processes that wrote the '
+        'checkpoint, or start a new --workdir with --config.init_from.path=<the old workdir>.')
   tokenizer_file = pipeline.tokenizer_path(data_config)
   cache = token_cache(data_config, data_config.train_split,
                       data_config.lm.max_train_clips or None)

@@ -32,6 +32,12 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, evals).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Dataset directory (default $VIDLANG_DATA_DIR).')
+# Several processes: set these, or let a launcher (launch/) or SLURM / the TPU runtime set the
+# environment; see vidlang_jax/distributed.py.
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for a multi-process run.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -91,13 +97,16 @@ def user_errors():
     sys.exit(f'error: {e.args[0] if isinstance(e, KeyError) and e.args else e}')
 
 
-def _setup_logging() -> None:
-  """Our INFO messages on stderr; library chatter (orbax, absl) only from WARNING up."""
+def _setup_logging(process_index: int = 0) -> None:
+  """Our INFO messages on stderr (process 0 only: the others say only what goes wrong);
+  library chatter (orbax, absl) only from WARNING up."""
   from absl import logging as absl_logging
 
   absl_logging.set_verbosity(absl_logging.WARNING)
   ours = logging.getLogger('vidlang_jax')
-  ours.setLevel(logging.INFO)
+  ours.setLevel(logging.INFO if process_index == 0 else logging.WARNING)
+  for old in list(ours.handlers):
+    ours.removeHandler(old)
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s',
                                          '%H:%M:%S'))
@@ -118,21 +127,28 @@ def main(argv: list[str]) -> None:
   if not _WORKDIR.value:
     sys.exit('error: --workdir is required.')
   config = _validated_config()
-  from vidlang_jax import train
+  import jax
+
+  from vidlang_jax import distributed, paths, train
+
+  with user_errors():
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  _setup_logging(jax.process_index())
 
   with user_errors():
     if command in extra:
       extra[command](config, _WORKDIR.value, train.build_model(config))
     elif command == 'train':
       train.train_and_evaluate(config, _WORKDIR.value)
-      path = os.path.join(_WORKDIR.value, 'eval', f'{config.total_steps}.json')
-      if os.path.exists(path):  # The final evaluation (also when the run had already finished).
-        with open(path, encoding='utf-8') as f:
-          print_results(config, json.load(f), path)
+      path = paths.path(_WORKDIR.value) / 'eval' / f'{config.total_steps}.json'
+      # The final evaluation (also when the run had already finished), once.
+      if jax.process_index() == 0 and path.exists():
+        print_results(config, json.loads(path.read_text(encoding='utf-8')), str(path))
     else:
       results = train.evaluate(config, _WORKDIR.value)
-      print_results(config, results,
-                    os.path.join(_WORKDIR.value, 'eval', f'{results["step"]}.json'))
+      if jax.process_index() == 0:
+        print_results(config, results,
+                      str(paths.path(_WORKDIR.value) / 'eval' / f'{results["step"]}.json'))
 
 
 def print_results(config, results: dict, path: str) -> None:

@@ -145,6 +145,17 @@ def make_train_step(objective, tx, schedule, state_shardings):
   return train_step
 
 
+def train_input(config: ml_collections.ConfigDict, start_step: int = 0):
+  """This process's share of each global batch, from global batch `start_step` on."""
+  return inputs.lookup(config.data).train_iterator(
+      config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step)
+
+
+def close_input(iterator) -> None:
+  if hasattr(iterator, 'close'):  # grain's multiprocessing iterators own worker processes
+    iterator.close()
+
+
 def write_eval(workdir: paths.PathLike, step: int, results: dict[str, Any]) -> None:
   if jax.process_index() == 0:
     folder = paths.path(workdir) / 'eval'
@@ -194,8 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
            jax.process_count())
 
   # ---------------------------------------------------------------- input
-  train_iter = inputs.lookup(config.data).train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed)
+  train_iter = train_input(config)
 
   with sharding.use_mesh(mesh, sharding.logical_rules(config)):
     # -------------------------------------------------------------- model & shapes
@@ -207,9 +217,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                max_to_keep=config.get('keep_checkpoints', 3))
     restored = checkpointer.restore_latest(setup.abstract_state, train_iter)
     if restored is not None:
-      start_step, state = restored
+      start_step, state = restored.step, restored.state
       log.info('Resumed from %s at step %d.', checkpointer.directory, start_step)
       writer.drop_after(start_step)  # steps logged after that checkpoint are redone
+      if not restored.data_restored:
+        log.warning('The data iterator of step %d was saved by %s processes and this run has '
+                    '%d: the input restarts at global batch %d (the same batches, unless clips '
+                    'were skipped as corrupt).', start_step,
+                    checkpointer.saved_process_count(start_step), jax.process_count(),
+                    start_step)
+        close_input(train_iter)
+        train_iter = train_input(config, start_step)
     else:
       start_step = 0
       state = jax.jit(setup.init, out_shardings=setup.shardings)(init_rng)
@@ -279,8 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress.close()
     checkpointer.close()
     writer.close()
-  if hasattr(train_iter, 'close'):
-    train_iter.close()
+  close_input(train_iter)
   return metrics
 
 
@@ -293,7 +310,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     restored = checkpointer.restore_latest(setup.abstract_state, None)
     if restored is None:
       raise FileNotFoundError(f'No checkpoint to evaluate in {workdir}/checkpoints.')
-    step, state = restored
+    step, state = restored.step, restored.state
     results = run_evals(build_evaluators(config, setup.model, mesh), state['params'], step,
                         workdir)
     checkpointer.close()

@@ -234,15 +234,54 @@ def check_split(data_config: ml_collections.ConfigDict, split: str, what: str) -
     raise ValueError(f'{what}={split!r} is not a split of {data_config.name} (it has {splits}).')
 
 
-def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, local_batch_size: int,
-                  seed: int, tokenizer_file: str) -> grain.IterDataset:
-  """Random-access `source` -> infinite, reshuffled, decoded, tokenized batches."""
-  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
-  ds = ds.shuffle(seed=seed).repeat()
+def process_batch_size(global_batch_size: int) -> int:
+  if global_batch_size % jax.process_count():
+    raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
+                     f'{jax.process_count()} processes.')
+  return global_batch_size // jax.process_count()
+
+
+class ProcessShare(grain.MapDataset):
+  """This process's rows of each global batch of `parent`, in order, from batch `start_step`.
+
+  Global batch `s` is `parent[s * global_batch_size : (s + 1) * global_batch_size]` and
+  process `p` of `n` reads its `p`-th equal slice of it, so the global batches (and the random
+  augmentations, drawn per `parent` index) are the same for any number of processes: a run can
+  resume on another topology at any step.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch_size: int, *,
+               num_processes: int, process_index: int, start_step: int = 0):
+    super().__init__(parent)
+    self._global, self._local = global_batch_size, global_batch_size // num_processes
+    self._offset = start_step * global_batch_size + process_index * self._local
+    self._length = (len(parent) - start_step * global_batch_size) // num_processes
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    step, row = divmod(index, self._local)
+    return self._parent[self._offset + step * self._global + row]
+
+  def __str__(self) -> str:
+    return f'ProcessShare(global={self._global}, local={self._local}, offset={self._offset})'
+
+
+def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                  seed: int, tokenizer_file: str, start_step: int = 0) -> grain.IterDataset:
+  """Random-access `source` -> infinite, reshuffled, decoded, tokenized batches of this
+  process's share of each global batch (see `ProcessShare`)."""
+  local_batch_size = process_batch_size(global_batch_size)
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=True,
                                  strides=tuple(data_config.strides),
                                  crop_scale=tuple(data_config.crop_scale)), seed=seed + 1)
   ds = ds.map(Tokenize.from_config(tokenizer_file, data_config))
+  ds = ProcessShare(ds, global_batch_size, num_processes=jax.process_count(),
+                    process_index=jax.process_index(), start_step=start_step)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
                                             prefetch_buffer_size=data_config.prefetch))
   ds = SkipCorrupt(ds).map(functools.partial(
@@ -255,19 +294,17 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, local_
 
 
 def train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
-                   seed: int) -> grain.DatasetIterator:
-  """An infinite, checkpointable iterator of this process's share of each global batch."""
-  if global_batch_size % jax.process_count():
-    raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
-                     f'{jax.process_count()} processes.')
+                   seed: int, start_step: int = 0) -> grain.DatasetIterator:
+  """An infinite, checkpointable iterator of this process's share of each global batch, from
+  global batch `start_step` on (for a run resumed on another number of processes)."""
+  process_batch_size(global_batch_size)  # before any process waits for the others
   tokenizer_file = tokenizer_path(data_config)
   check_split(data_config, data_config.train_split, 'data.train_split')
   source = builders.data_source(data_config.name, data_config.train_split,
                                 data_config.get('data_dir'),
                                 **data_config.get('builder_kwargs', {}))
-  return iter(train_dataset(source, data_config,
-                            local_batch_size=global_batch_size // jax.process_count(),
-                            seed=seed, tokenizer_file=tokenizer_file))
+  return iter(train_dataset(source, data_config, global_batch_size=global_batch_size,
+                            seed=seed, tokenizer_file=tokenizer_file, start_step=start_step))
 
 
 def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int,

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from vidlang_jax.data import caption_tokenizer as tokenizer_lib
+from vidlang_jax.data import pipeline
 from vidlang_jax.sharding import batch_sharding
 
 TEXT, VIDEO = 0, 1
@@ -357,10 +358,7 @@ def packed_rows(data_config: ml_collections.ConfigDict, cache: Any,
   `cache` is a random-access source of tokenized clips (`video_tokens.TokenCache`), which the
   caller builds with a video tokenizer: data code never runs a model.
   """
-  if global_batch_size % jax.process_count():
-    raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
-                     f'{jax.process_count()} processes.')
-  batch_size = global_batch_size // jax.process_count()
+  batch_size = pipeline.process_batch_size(global_batch_size)
   needle_rows = needle_rows_per_batch(data_config, batch_size)
   read = grain.ReadOptions(num_threads=data_config.num_threads,
                            prefetch_buffer_size=data_config.prefetch)
