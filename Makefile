@@ -1,10 +1,13 @@
-# make demo | make test | make test-hf | make test-gcs | make test-all | make bench | make lint — each creates
-# .venv and installs on first use.
+# make demo | make test | make test-hf | make test-gcs | make test-tpu | make test-all | make bench | make lint
+# — each creates .venv and installs on first use, with the versions pinned in constraints.txt (the
+# ones our tests ran with; launch/ installs the same). `make lock` refreshes them, on purpose only.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HF_STAMP := $(VENV)/.installed-hf
+TPU_STAMP := $(VENV)/.installed-tpu
+PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
 # torch for the [hf] extra: the CPU build (a plain `torch` from PyPI is a CUDA build of several GB).
 HF_TORCH ?= torch==2.13.0
 WORKDIR ?= runs/demo
@@ -13,21 +16,26 @@ WORKDIR ?= runs/demo
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest tests -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
-.PHONY: venv demo test test-all test-hf test-gcs bench lint clean
+.PHONY: venv demo test test-all test-hf test-gcs test-tpu bench lint lock clean
 
 venv: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(PIP_INSTALL) -e '.[test]'
 	touch $(STAMP)
 
 # The [hf] extra (torch, transformers, safetensors): only the converters' parity tests need it.
 $(HF_STAMP): $(STAMP) setup.py
-	$(BIN)/pip install -q '$(HF_TORCH)'
-	$(BIN)/pip install -q -e '.[hf,test]'
+	$(PIP_INSTALL) '$(HF_TORCH)'
+	$(PIP_INSTALL) -e '.[hf,test]'
 	touch $(HF_STAMP)
+
+# The [tpu] extra (libtpu, ~0.3 GB): compiling for TPU slices on this CPU (vidlang compile).
+$(TPU_STAMP): $(STAMP) setup.py
+	$(PIP_INSTALL) -e '.[tpu,test]'
+	touch $(TPU_STAMP)
 
 # Builds the embedded dataset, trains the tiny two-tower model (it evaluates zero-shot
 # retrieval on the test split at the end) and prints the results table.
@@ -38,7 +46,7 @@ demo: $(STAMP)
 # Fast suite (~12 min on 2 CPU cores with 2 workers); slow tests are marked, run by test-all.
 # The hf tests (parity against transformers) need torch: `make test-hf` installs it and runs them.
 test: $(STAMP)
-	$(PYTEST) -m 'not slow and not hf and not gcs'
+	$(PYTEST) -m 'not slow and not hf and not gcs and not tpu'
 
 # gs:// workdirs end to end against a GCS emulator on 127.0.0.1 (~3 min); .ci/run runs it.
 test-gcs: $(STAMP)
@@ -47,8 +55,17 @@ test-gcs: $(STAMP)
 test-hf: $(HF_STAMP)
 	$(PYTEST) -m hf
 
-test-all: $(HF_STAMP)
+# The train step of tiny configs compiled for a TPU v5e 2x2 slice, without the slice.
+test-tpu: $(TPU_STAMP)
+	$(PYTEST) -m tpu
+
+test-all: $(HF_STAMP) $(TPU_STAMP)
 	$(PYTEST)
+
+# Pins every installed package (all extras) to constraints.txt; run after an upgrade you tested.
+# Local version labels (torch's +cpu) are dropped so that the pins hold on any index.
+lock: $(HF_STAMP) $(TPU_STAMP)
+	$(BIN)/pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//' | LC_ALL=C sort > constraints.txt
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

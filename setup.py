@@ -39,6 +39,9 @@ setup(
     # hf: `vidlang convert` from torch checkpoints and its parity tests against transformers
     # (`make test-hf`, which installs the CPU build of torch first), `export --safetensors`.
     'hf': ['torch>=2.4', 'transformers>=5.0', 'safetensors>=0.4'],
+    # tpu: libtpu, for TPU VMs (launch/tpu_pod.py installs it) and for compiling the train step
+    # for a TPU slice on a CPU machine (`vidlang compile`, `make test-tpu`).
+    'tpu': ['jax[tpu]'],
   },
   entry_points={'console_scripts': ['vidlang=vidlang_jax.main:run']},
 )

@@ -24,7 +24,10 @@ def trainer(objective: str) -> ml_collections.ConfigDict:
                 (r'.*patch_embed/kernel', 'inflate_central')]))
   c.peak_flops_per_device = 0.0  # 0: measure (CPU); set e.g. 989e12 for an H100 in bf16
   c.keep_checkpoints = 3
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))
+  # Axis sizes within a slice; `dcn` multiplies axes across slices (multi-slice TPU), e.g.
+  # --config.mesh.dcn.data=2 on two slices (see vidlang_jax/sharding.make_mesh).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1,
+                                          dcn=dict(data=1, fsdp=1, tensor=1, sequence=1)))
   c.sharding = ml_collections.ConfigDict()
   c.sharding.logical_axis_rules = []  # [] = vidlang_jax.sharding.LOGICAL_AXIS_RULES
   c.sharding.rules = []  # (regex on param path, partition spec) overrides, first match wins

@@ -97,3 +97,84 @@ def test_slurm_tasks_join_one_run():
   outputs = [p.communicate(timeout=120)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outputs
   assert [out.strip().splitlines()[-1] for out in outputs] == ['slurm 0 2 4', 'slurm 1 2 4']
+
+
+TPU_POD = os.path.join(ROOT, 'launch', 'tpu_pod.sh')
+
+
+def tpu_dry_run(*args):
+  done = subprocess.run([TPU_POD, 'run', '--dry-run', '--zone', 'us-west4-a', *args],
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  return [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith('+ ')]
+
+
+def on_workers(commands, node):
+  """The --command of every `tpu-vm ssh NODE --worker=all`."""
+  return [c[-2].removeprefix('--command=') for c in commands
+          if c[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh'] and c[5] == node
+          and '--worker=all' in c]
+
+
+def check_starts_training(worker_commands, config, workdir):
+  install = [c for c in worker_commands if 'pip install' in c]
+  assert install and "pip install -q -c constraints.txt -e '.[tpu]'" in install[0]
+  start = [c for c in worker_commands if 'vidlang train' in c]
+  assert len(start) == 1
+  assert start[0].index('/tmp/libtpu_lockfile') < start[0].index('vidlang train')
+  assert 'lsof -t /dev/accel* /dev/vfio/*' in start[0] and 'kill -9' in start[0]
+  assert f'vidlang train --config {config} --workdir {workdir}' in start[0]
+  assert 'VIDLANG_DISTRIBUTED=1' in start[0]
+  return start[0]
+
+
+def test_tpu_pod_dry_run_v5e_16():
+  commands = tpu_dry_run('--name', 'vt', '--tpu', 'v5e-16', '--config',
+                         'configs/two_tower.py:base', '--workdir', 'gs://bucket/runs/vt')
+  create = [c for c in commands if c[3:5] == ['tpu-vm', 'create']]
+  assert create == [['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'vt',
+                     '--accelerator-type=v5litepod-16', '--version=v2-alpha-tpuv5-lite',
+                     '--zone=us-west4-a']]
+  copy = [c for c in commands if c[3:5] == ['tpu-vm', 'scp']]
+  assert len(copy) == 1 and '--worker=all' in copy[0]
+  start = check_starts_training(on_workers(commands, 'vt'), 'configs/two_tower.py:base',
+                                'gs://bucket/runs/vt')
+  assert 'MEGASCALE' not in start
+  assert commands[-1][5:7] == ['vt', '--worker=0'] and 'tail' in commands[-1][7]  # worker 0's log
+
+
+def test_tpu_pod_dry_run_two_v5e_256_slices():
+  commands = tpu_dry_run('--name', 'big', '--tpu', 'v5e-256', '--num-slices', '2', '--spot',
+                         '--config', 'configs/two_tower.py:base', '--workdir',
+                         'gs://bucket/runs/big', '--', '--config.mesh.dcn.data=2')
+  create = [c for c in commands if c[3:5] == ['queued-resources', 'create']]
+  assert len(create) == 1
+  assert {'--node-count', '2', '--node-prefix', 'big', '--accelerator-type=v5litepod-256',
+          '--spot'} <= set(create[0])
+  for slice_id, node in enumerate(('big-0', 'big-1')):
+    start = check_starts_training(on_workers(commands, node), 'configs/two_tower.py:base',
+                                  'gs://bucket/runs/big')
+    assert f'MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID={slice_id}' in start
+    assert start.rstrip(' &').split(' < /dev/null')[0].endswith('--config.mesh.dcn.data=2')
+
+
+def test_tpu_pod_refuses_a_local_workdir_and_an_unknown_tpu():
+  done = subprocess.run([TPU_POD, 'train', '--dry-run', '--name', 'vt', '--tpu', 'v5e-16',
+                         '--zone', 'z', '--config', 'c.py', '--workdir', 'runs/vt'],
+                        capture_output=True, text=True)
+  assert done.returncode != 0 and 'must be gs://' in done.stderr
+  done = subprocess.run([TPU_POD, 'up', '--dry-run', '--name', 'vt', '--tpu', 'v7x-8',
+                         '--zone', 'z'], capture_output=True, text=True)
+  assert done.returncode != 0 and "--tpu 'v7x-8' is not a TPU type" in done.stderr
+
+
+def test_constraints_pin_what_the_tests_run_with():
+  """constraints.txt (used by make and by every launcher) holds the versions installed here:
+  refreshed with `make lock`, never drifting by accident."""
+  from importlib import metadata
+
+  pins = dict(line.strip().split('==') for line in open(os.path.join(ROOT, 'constraints.txt'))
+              if '==' in line)
+  for package in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain'):
+    assert pins[package] == metadata.version(package), package
+  assert 'libtpu' in pins  # what TPU workers install with the [tpu] extra

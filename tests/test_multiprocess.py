@@ -68,3 +68,17 @@ def test_two_processes_match_one_and_resume_in_one(tiny_data_dir, tmp_path):
   assert sorted(resumed) == [1, 2, 3, 4]
   np.testing.assert_allclose([resumed[s] for s in (3, 4)], [single[s] for s in (3, 4)],
                              rtol=0, atol=1e-5)
+
+
+def test_dcn_axis_spans_processes():
+  """`config.mesh.dcn` puts an axis across the slow network: on CPU and GPU, across processes
+  (TPU slices are read from the devices' slice_index)."""
+  code = ('from vidlang_jax import distributed, sharding; distributed.initialize(); '
+          'mesh = sharding.make_mesh(dict(data=1, fsdp=4, dcn=dict(data=2))); '
+          'print(dict(mesh.shape), [[d.process_index for d in row.flat] '
+          'for row in mesh.devices])')
+  output = run([LAUNCHER, '-n', '2', '-d', '4', '--', sys.executable, '-c', code])
+  for process in range(2):
+    line = next(line for line in output.splitlines() if line.startswith(f'[{process}/2] {{'))
+    assert line.endswith("{'data': 2, 'fsdp': 4, 'tensor': 1, 'sequence': 1} "
+                         '[[0, 0, 0, 0], [1, 1, 1, 1]]')

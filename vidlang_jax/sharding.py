@@ -15,6 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -37,28 +38,77 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """`dict(data=-1, fsdp=1, tensor=1, sequence=1)` -> Mesh; one `-1` axis takes the rest."""
-  unknown = set(mesh_config) - set(MESH_AXES)
-  if unknown:
-    raise ValueError(f'Unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}.')
-  devices = list(devices if devices is not None else jax.devices())
+def _axis_sizes(mesh_config: Mapping[str, Any], num_devices: int) -> dict[str, int]:
+  """The ICI part of `config.mesh` (per slice) with its one `-1` axis resolved."""
   sizes = {name: int(mesh_config.get(name, 1)) for name in MESH_AXES}
   auto = [name for name, size in sizes.items() if size == -1]
   if len(auto) > 1:
     raise ValueError(f'Only one mesh axis may be -1, got {auto}.')
   fixed = math.prod(size for size in sizes.values() if size != -1)
   if auto:
-    if len(devices) % fixed:
-      raise ValueError(f'{len(devices)} devices are not divisible by the fixed mesh axes '
+    if num_devices % fixed:
+      raise ValueError(f'{num_devices} devices are not divisible by the fixed mesh axes '
                        f'{ {k: v for k, v in sizes.items() if v != -1} }.')
-    sizes[auto[0]] = len(devices) // fixed
-  if math.prod(sizes.values()) != len(devices):
+    sizes[auto[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
     raise ValueError(f'Mesh {sizes} needs {math.prod(sizes.values())} devices, '
+                     f'but {num_devices} are available.')
+  return sizes
+
+
+def make_mesh(mesh_config: Mapping[str, Any], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """`dict(data=-1, fsdp=1, tensor=1, sequence=1, dcn=dict(data=2))` -> Mesh.
+
+  The axis sizes are per slice (ICI); one `-1` axis takes the rest. `dcn` multiplies axes over
+  slices (TPU multi-slice; processes on CPU and GPU), e.g. `dcn.data=2` on two v5e-256 slices gives
+  data=2 * data: only the batch gradients' all-reduce crosses the slow network.
+  """
+  unknown = set(mesh_config) - set(MESH_AXES) - {'dcn'}
+  dcn = dict(mesh_config.get('dcn') or {})
+  unknown |= {f'dcn.{name}' for name in set(dcn) - set(MESH_AXES)}
+  if unknown:
+    raise ValueError(f'Unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES} '
+                     '(and dcn.<axis>).')
+  devices = list(devices if devices is not None else jax.devices())
+  dcn_shape = tuple(int(dcn.get(name, 1)) for name in MESH_AXES)
+  granules = math.prod(dcn_shape)
+  if len(devices) % granules:
+    raise ValueError(f'config.mesh.dcn {dcn} needs a multiple of {granules} devices, '
                      f'but {len(devices)} are available.')
+  sizes = _axis_sizes(mesh_config, len(devices) // granules)
   shape = tuple(sizes[name] for name in MESH_AXES)
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4,
-                       devices=devices)
+  return Mesh(_device_array(shape, dcn_shape, devices, mesh_config), MESH_AXES,
+              axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _device_array(shape: tuple[int, ...], dcn_shape: tuple[int, ...],
+                  devices: list[jax.Device], mesh_config: Mapping[str, Any]) -> np.ndarray:
+  """Devices laid out so that each mesh axis follows the physical torus; an axis that must split
+  a physical axis is allowed (with a warning), one that cannot be laid out is named."""
+  multi = math.prod(dcn_shape) > 1
+  errors = []
+  for allow_split in (False, True):
+    try:
+      if multi:
+        array = mesh_utils.create_hybrid_device_mesh(
+            shape, dcn_shape, devices, allow_split_physical_axes=allow_split,
+            process_is_granule=devices[0].platform != 'tpu')
+      else:
+        array = mesh_utils.create_device_mesh(shape, devices,
+                                              allow_split_physical_axes=allow_split)
+    except (ValueError, NotImplementedError, AssertionError) as e:
+      errors.append(str(e))
+      continue
+    if allow_split:
+      log.warning('config.mesh %s splits a physical torus axis of the %d %s devices; the '
+                  'collectives over the split axes use fewer links.', dict(mesh_config),
+                  len(devices), devices[0].device_kind)
+    return array
+  raise ValueError(
+      f'config.mesh {dict(mesh_config)} cannot be laid out on the {len(devices)} '
+      f'{devices[0].device_kind} devices: {errors[-1].rstrip(".")}. Choose config.mesh '
+      'sizes (fsdp, tensor, sequence, data) that are products of the slice\'s physical '
+      'axes, e.g. 8 x 8 x 8 chips take sequence=8, not 4.')
 
 
 def logical_rules(config: Any) -> tuple[tuple[str, Any], ...]:
