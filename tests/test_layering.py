@@ -25,7 +25,8 @@ ALLOWED = {
               'inputs', 'evaluators'},
     'release': {'floor', 'data', 'train', 'checkpoint'},
     'convert': {'floor', 'masking', 'release'},
-    'main': {'floor', 'data', 'train', 'checkpoint', 'release', 'convert'},
+    'aot': {'floor', 'train'},
+    'main': {'floor', 'data', 'train', 'checkpoint', 'release', 'convert', 'aot'},
 }
 FLOOR = {'ops', 'sharding', 'registry', 'pixels', 'config', 'metrics', 'paths', 'distributed'}
 

@@ -3,6 +3,8 @@ register.
 
   vidlang train --config configs/two_tower.py:tiny --workdir runs/demo [--config.key=value ...]
   vidlang eval  --config configs/two_tower.py:tiny --workdir runs/demo
+  vidlang compile --config configs/two_tower.py:base --topology v5e:16x16 [--num_slices 2] \
+      --config.mesh.fsdp=-1 --config.mesh.data=1   (needs the [tpu] extra)
   vidlang generate --config configs/world_model.py:tiny,... --workdir runs/lwm \
       (--prompt "a big red star moves left" [--num_samples 4] | --video clip.mp4)
   vidlang data  moving_shapes [--data_dir DIR]
@@ -26,7 +28,8 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
-COMMANDS = ('train', 'eval', 'data', 'export', 'convert')  # and `command.<name>` from the registry
+# and `command.<name>` from the registry
+COMMANDS = ('train', 'eval', 'compile', 'data', 'export', 'convert')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py:arg`.',
                                           lock_config=True)
@@ -38,6 +41,10 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for a multi-process run.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
+# vidlang compile: the train step for a TPU slice, on this machine (vidlang_jax/aot.py).
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice, e.g. v5e:16x16, v5p:8x8x8.')
+_NUM_SLICES = flags.DEFINE_integer('num_slices', 1, 'Slices over DCN (config.mesh.dcn).')
+_JSON = flags.DEFINE_string('json', None, 'Also write the compile report here.')
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -124,6 +131,9 @@ def main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] not in commands:
     sys.exit(f'usage: vidlang {{{"|".join(commands)}}} --config FILE:ARG --workdir DIR\n{__doc__}')
   command = argv[1]
+  if command == 'compile':
+    compile_main(_validated_config())
+    return
   if not _WORKDIR.value:
     sys.exit('error: --workdir is required.')
   config = _validated_config()
@@ -149,6 +159,21 @@ def main(argv: list[str]) -> None:
       if jax.process_index() == 0:
         print_results(config, results,
                       str(paths.path(_WORKDIR.value) / 'eval' / f'{results["step"]}.json'))
+
+
+def compile_main(config) -> None:
+  """`vidlang compile`: per-chip memory, FLOPs, collectives and a roofline step time of the
+  train step compiled for a TPU slice (see vidlang_jax/aot.py)."""
+  if not _TOPOLOGY.value:
+    sys.exit('error: --topology is required, e.g. --topology v5e:16x16.')
+  from vidlang_jax import aot
+
+  with user_errors():
+    report = aot.compile_train_step(config, _TOPOLOGY.value, _NUM_SLICES.value)
+  print(aot.format_report(report))
+  if _JSON.value:
+    with open(_JSON.value, 'w', encoding='utf-8') as f:
+      json.dump(report, f, indent=2)
 
 
 def print_results(config, results: dict, path: str) -> None:

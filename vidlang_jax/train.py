@@ -85,8 +85,14 @@ def step_flops_per_device(config, compiled_step, mesh, batch_spec) -> float:
   twin.model = unscanned
   setup = build(twin, mesh)
   lowered = make_train_step(setup.objective, setup.tx, setup.schedule, setup.shardings).lower(
-      setup.abstract_state, batch_spec, jax.random.key(0))
+      setup.abstract_state, batch_spec, abstract_key())
   return float(lowered.cost_analysis().get('flops', 0.0)) / mesh.size
+
+
+def abstract_key() -> jax.ShapeDtypeStruct:
+  """A PRNG key's shape and dtype, not an array: tracing with it needs no device, so layouts
+  can be computed for a mesh of devices that are not attached (a TPU slice, from a CPU)."""
+  return jax.eval_shape(jax.random.key, 0)
 
 
 def train_state_layout(config, objective, tx, mesh, batch_spec):
@@ -96,7 +102,7 @@ def train_state_layout(config, objective, tx, mesh, batch_spec):
     params = objective.init(rng, batch_spec)
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
 
-  boxed = jax.eval_shape(init, jax.random.key(0))
+  boxed = jax.eval_shape(init, abstract_key())
   shardings = sharding.infer_shardings(boxed, mesh, sharding.logical_rules(config),
                                        [tuple(r) for r in config.sharding.rules])
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
