@@ -13,11 +13,12 @@ init=runs/lwm_tiny_2 --workdir runs/lwm_tiny_3
   vidlang generate --config configs/world_model.py:tiny,stage=3,tokenizer=runs/tokenizer_tiny \
       --workdir runs/lwm_tiny_3 --prompt "a small red circle moves left"
 
-  # LWM-7B-sized on a pod slice: stages 32K -> 128K -> 256K -> 512K -> 1M tokens, ring
-  # attention over the `sequence` mesh axis (set it so that a device holds <= 32K tokens):
+  # LWM-7B-sized on a v5p-512 (launch/tpu_pod.sh run ... --tpu v5p-512): stages 32K -> 128K ->
+  # 256K -> 512K -> 1M tokens, ring attention over the `sequence` mesh axis, 8K tokens of a
+  # row per chip; every stage compiles and fits (`vidlang compile ... --topology v5p:8x8x8`,
+  # README "Launch"):
   vidlang train --config configs/world_model.py:base,stage=5,tokenizer=gs://b/runs/tok,\
-init=gs://b/runs/lwm_4 --workdir gs://b/runs/lwm_5 --config.mesh.sequence=32 \
-      --config.mesh.fsdp=-1 --config.mesh.data=1
+init=gs://b/runs/lwm_4 --workdir gs://b/runs/lwm_5
 
 Arguments (comma separated): `tiny` | `base`, `stage=K` (1-based), `tokenizer=PATH` (the video
 tokenizer run), `init=PATH` (the previous stage's run; stage 1 starts from scratch),
@@ -30,6 +31,7 @@ import ml_collections
 
 from vidlang_jax.config import ConfigError, import_sibling, parse_arg
 from vidlang_jax.data.sequences import SPECIALS
+from vidlang_jax.sharding import LOGICAL_AXIS_RULES
 
 common = import_sibling(__file__, 'common')
 
@@ -81,6 +83,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mlp_dim=11_008, rope_theta=theta, attention=arg.attention or 'ring', block_size=2048,
       scan=True, remat=True, dtype='bfloat16'))
   c.batch_size = max(1, 4 * 1024 * 1024 // length)  # ~4M tokens per step
+  # A device holds 8K tokens of a row: the row is split over `sequence` (ring attention) and
+  # the rows over `fsdp`, which takes the remaining devices (on a v5p-512: fsdp 128 x sequence 4
+  # at 32K ... fsdp 4 x sequence 128 at 1M; the batch always divides). Weights and optimizer
+  # state are sharded over both axes (ZeRO-3 over every chip, as maxtext shards `embed`).
+  c.mesh.update(dict(data=1, fsdp=-1, sequence=max(1, length // 8192)))
+  c.sharding.logical_axis_rules = [
+      (name, ('fsdp', 'sequence') if name == 'embed' else axes)
+      for name, axes in LOGICAL_AXIS_RULES]
   c.total_steps = arg.steps or 10_000
   c.optimizer = common.optimizer(learning_rate=4e-4 if arg.stage == 1 else 4e-5,
                                  warmup_steps=500, weight_decay=0.0,
@@ -107,6 +117,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         attention=arg.attention or 'ring', block_size=128, scan=False,
                         remat=False, dtype='float32'))
     c.batch_size = max(1, 8192 // length)  # 8K tokens per step
+    c.mesh.update(dict(data=-1, fsdp=1, sequence=1))
+    c.sharding.logical_axis_rules = []  # the defaults
     c.total_steps = arg.steps or (350, 40, 30)[arg.stage - 1]
     if arg.stage == 1:
       # Haystacks of <= 128 tokens for 80 % of the steps: a needle-only run formed the

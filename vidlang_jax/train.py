@@ -83,10 +83,21 @@ def step_flops_per_device(config, compiled_step, mesh, batch_spec) -> float:
     return float((cost or {}).get('flops', 0.0))
   twin = ml_collections.ConfigDict(config.to_dict())
   twin.model = unscanned
-  setup = build(twin, mesh)
-  lowered = make_train_step(setup.objective, setup.tx, setup.schedule, setup.shardings).lower(
-      setup.abstract_state, batch_spec, abstract_key())
-  return float(lowered.cost_analysis().get('flops', 0.0)) / mesh.size
+
+  def lowered_cost(mesh, batch_spec):
+    setup = build(twin, mesh)
+    return make_train_step(setup.objective, setup.tx, setup.schedule, setup.shardings).lower(
+        setup.abstract_state, batch_spec, abstract_key()).cost_analysis()
+
+  cost = lowered_cost(mesh, batch_spec)
+  if cost is None:
+    # A compile-only backend (a TPU slice described from a CPU) does not analyse lowered HLO:
+    # count the same global step on one CPU device instead.
+    cpu_mesh = sharding.make_mesh({}, jax.devices('cpu')[:1])
+    with sharding.use_mesh(cpu_mesh, sharding.logical_rules(config)):
+      cpu_batch = inputs.lookup(config.data).batch_spec(config.data, config.batch_size, cpu_mesh)
+      cost = lowered_cost(cpu_mesh, cpu_batch)
+  return float(cost.get('flops', 0.0)) / mesh.size
 
 
 def abstract_key() -> jax.ShapeDtypeStruct:
