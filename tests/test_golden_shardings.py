@@ -29,9 +29,10 @@ from vidlang_jax import sharding, train
 
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), 'golden')
 
-# 8 devices; every mesh axis a family's weights use has size 2. Weights never go on `data` or
-# `sequence`; the world model gets `sequence`=2 (and `data`=1: 16 devices would be needed for
-# all four) so that its activations show the sequence axis and a weight put on it shows up.
+# 8 devices; every mesh axis a family's weights use has size 2. Weights never go on `data`, nor
+# on `sequence` but in the world model (its config: ZeRO over fsdp x sequence). The world model
+# gets `sequence`=2 (and `data`=1: 16 devices would be needed for all four) so that its
+# activations show the sequence axis and a weight put on it shows up.
 MESHES = {
     'masked_video': dict(data=2, fsdp=2, tensor=2, sequence=1),
     'two_tower': dict(data=2, fsdp=2, tensor=2, sequence=1),
@@ -140,7 +141,8 @@ def test_train_state_shardings_match_golden(family, request):
 @pytest.mark.parametrize('family', sorted(MESHES))
 def test_moments_follow_their_params_and_counters_are_replicated(family):
   """AdamW's mu / nu are sharded as their param (else every update reshards them); step and
-  counts are scalars; no weight is split over the batch or sequence axes."""
+  counts are scalars; no weight is split over `data` (nor over `sequence`, but in the world
+  model, whose config shards weights over it too)."""
   specs = _layout(family).specs
   params = {p[len('params/'):]: s for p, s in specs.items() if p.startswith('params/')}
   moments = 0
@@ -152,8 +154,10 @@ def test_moments_follow_their_params_and_counters_are_replicated(family):
     elif not path.startswith('params/'):
       assert spec == [], path
   assert moments == 2 * len(params)
-  on_batch_axes = [p for p, s in specs.items() if {'data', 'sequence'} & set(_axes(s))]
+  on_batch_axes = [p for p, s in specs.items() if 'data' in _axes(s)]
   assert not on_batch_axes
+  if family != 'world_model':  # the one config that shards its weights over `sequence` too
+    assert not [p for p, s in specs.items() if 'sequence' in _axes(s)]
 
 
 def _axes(spec: list[Any]) -> list[str]:
@@ -161,7 +165,9 @@ def _axes(spec: list[Any]) -> list[str]:
 
 
 # What the logical rules mean, written out: [layers, embed, heads, head_dim] kernels have embed
-# on fsdp and heads on tensor, [layers, embed, mlp] kernels mlp on tensor, vocab on tensor.
+# on fsdp and heads on tensor, [layers, embed, mlp] kernels mlp on tensor, vocab on tensor. The
+# world model's config shards embed over fsdp and sequence (ZeRO over every chip of its mesh).
+ZERO = ['fsdp', 'sequence']
 EXPECTED = {
     'two_tower': {
         'params/video/encoder/blocks/attn/query/kernel': [None, 'fsdp', 'tensor', None],
@@ -182,18 +188,18 @@ EXPECTED = {
         'params/decoder/embed/kernel': ['fsdp', 'tensor'],  # [encoder width, decoder width]
     },
     'world_model': {
-        'params/blocks/attn/query/kernel': [None, 'fsdp', 'tensor', None],  # 32 heads
-        'params/blocks/attn/key/kernel': [None, 'fsdp', 'tensor', None],  # 8 kv heads
-        'params/blocks/attn/value/kernel': [None, 'fsdp', 'tensor', None],
-        'params/blocks/attn/out/kernel': [None, 'tensor', None, 'fsdp'],
-        'params/blocks/mlp/gate/kernel': [None, 'fsdp', 'tensor'],
-        'params/blocks/mlp/up/kernel': [None, 'fsdp', 'tensor'],
-        'params/blocks/mlp/down/kernel': [None, 'tensor', 'fsdp'],
-        'params/blocks/norm_attn/scale': [None, 'fsdp'],
-        'params/norm_out/scale': ['fsdp'],
+        'params/blocks/attn/query/kernel': [None, ZERO, 'tensor', None],  # 32 heads
+        'params/blocks/attn/key/kernel': [None, ZERO, 'tensor', None],  # 8 kv heads
+        'params/blocks/attn/value/kernel': [None, ZERO, 'tensor', None],
+        'params/blocks/attn/out/kernel': [None, 'tensor', None, ZERO],
+        'params/blocks/mlp/gate/kernel': [None, ZERO, 'tensor'],
+        'params/blocks/mlp/up/kernel': [None, ZERO, 'tensor'],
+        'params/blocks/mlp/down/kernel': [None, 'tensor', ZERO],
+        'params/blocks/norm_attn/scale': [None, ZERO],
+        'params/norm_out/scale': [ZERO],
         # 1,000 text + 64,000 video codes + 5 specials, padded to 65,024: split over `tensor`.
-        'params/token_embedding': ['tensor', 'fsdp'],
-        'params/lm_head/kernel': ['fsdp', 'tensor'],
+        'params/token_embedding': ['tensor', ZERO],
+        'params/lm_head/kernel': [ZERO, 'tensor'],
     },
 }
 
@@ -210,8 +216,8 @@ def test_world_model_vocab_is_padded_onto_tensor():
   """The config pads the vocabulary to a multiple of 128, so the vocab rule applies."""
   layout = _layout('world_model')
   assert layout.config.model.vocab_size == 65_024
-  assert layout.specs['params/token_embedding'] == ['tensor', 'fsdp']
-  assert layout.specs['params/lm_head/kernel'] == ['fsdp', 'tensor']
+  assert layout.specs['params/token_embedding'] == ['tensor', ZERO]
+  assert layout.specs['params/lm_head/kernel'] == [ZERO, 'tensor']
   assert not layout.warnings
 
 
@@ -224,7 +230,7 @@ def test_odd_vocab_is_replicated_and_reported():
     said = [m for m in layout.warnings if m.endswith(tail)]
     assert len(said) == 1, (leaf, layout.warnings)
     assert "(size 65005) over 'tensor' (size 2)" in said[0]
-  assert layout.specs['params/token_embedding'] == [None, 'fsdp']
+  assert layout.specs['params/token_embedding'] == [None, ZERO]
   assert len(layout.warnings) == 6, layout.warnings  # the 2 weights and their mu / nu
 
 

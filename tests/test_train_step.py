@@ -30,7 +30,8 @@ def run_steps(config, devices, num_steps=2):
 
 CASES = [('sigmoid', dict(data=1, fsdp=8)), ('sigmoid', dict(data=4, fsdp=2)),
          ('softmax', dict(data=2, fsdp=2, tensor=2))]
-SLOW_CASES = [('softmax', dict(data=1, fsdp=8)), ('softmax', dict(data=4, fsdp=2)), ('sigmoid', dict(data=2, fsdp=2, tensor=2)),
+SLOW_CASES = [('softmax', dict(data=1, fsdp=8)), ('softmax', dict(data=4, fsdp=2)),
+              ('sigmoid', dict(data=2, fsdp=2, tensor=2)),
               ('sigmoid', dict(data=1, fsdp=4, tensor=2))]
 
 
