@@ -81,7 +81,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name='world_model', vocab_size=0, width=4096, depth=32, num_heads=32, num_kv_heads=8,
       mlp_dim=11_008, rope_theta=theta, attention=arg.attention or 'ring', block_size=2048,
-      scan=True, remat=True, dtype='bfloat16'))
+      # Unrolled layers: with the 32 layers scanned, XLA's TPU buffers for ring attention grow
+      # with the ring (98 GiB per v5p chip at 32K over sequence=4, 2.3 TiB at 1M over 128:
+      # out of memory); unrolled, stage 1 peaks at 14.7 GiB (docs/launch.md).
+      scan=False, remat=True, dtype='bfloat16'))
   c.batch_size = max(1, 4 * 1024 * 1024 // length)  # ~4M tokens per step
   # A device holds 8K tokens of a row: the row is split over `sequence` (ring attention) and
   # the rows over `fsdp`, which takes the remaining devices (on a v5p-512: fsdp 128 x sequence 4

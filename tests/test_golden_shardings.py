@@ -69,6 +69,10 @@ def _layout(family: str, vocab_size: int = 0) -> Layout:
   """The train-state layout of `configs/<family>.py:base` on `MESHES[family]`, built once."""
   config = config_lib.load(f'configs/{family}.py:base')
   config.mesh.update(MESHES[family])
+  if family == 'world_model':
+    # Its base unrolls the 32 layers (for memory on TPU); the rules are the same for a scanned
+    # stack, which lists one block instead of 32.
+    config.model.scan = True
   if vocab_size:
     config.model.vocab_size = vocab_size
   mesh = sharding.make_mesh(config.mesh)
