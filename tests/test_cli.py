@@ -265,7 +265,7 @@ def test_config_errors_are_one_line(tmp_path):
   assert_error(vidlang('eval', '--workdir', workdir), '--config')
   usage = vidlang('evaluate', '--workdir', workdir)
   assert usage.status == 1
-  assert 'usage: vidlang {train|eval|data|export|convert|generate}' in usage.error
+  assert 'usage: vidlang {train|eval|compile|data|export|convert|generate}' in usage.error
 
 
 def test_unknown_dataset_and_missing_checkpoint_are_one_line(tiny_data_dir, tmp_path):
