@@ -64,7 +64,7 @@ def topology_devices(topology: str, num_slices: int = 1) -> list[Any]:
   """
   generation, _, shape = topology.partition(':')
   dims = [int(d) for d in shape.split('x')] if re.fullmatch(r'\d+(x\d+)+', shape) else []
-  if generation not in CHIPS or len(dims) != CHIPS.get(generation, Chip(0, 0, 0, '', 0)).dims:
+  if generation not in CHIPS or len(dims) != CHIPS[generation].dims:
     raise ValueError(f'--topology {topology!r} is not GENERATION:SHAPE with a generation of '
                      f'{sorted(CHIPS)}, e.g. v5e:16x16 or v5p:8x8x8.')
   chip = CHIPS[generation]
@@ -78,14 +78,13 @@ def topology_devices(topology: str, num_slices: int = 1) -> list[Any]:
     description = topologies.get_topology_desc(
         platform='tpu', topology_name=topology, chip_config_name=chip.chip_config,
         chips_per_host_bounds=(2, 2, 1), num_slices=num_slices, wrap=wrap)
-  except ImportError as e:
+  except (ImportError, RuntimeError) as e:
+    missing = isinstance(e, ImportError) or (
+        'tpu' in str(e).lower() and 'not found' in str(e).lower())
+    if not missing:
+      raise
     raise ValueError(f'Compiling for {topology} needs libtpu: pip install -e ".[tpu]" '
                      f'({e}).') from e
-  except RuntimeError as e:
-    if 'tpu' in str(e).lower() and 'not found' in str(e).lower():
-      raise ValueError(f'Compiling for {topology} needs libtpu: pip install -e ".[tpu]" '
-                       f'({e}).') from e
-    raise
   return list(description.devices)
 
 

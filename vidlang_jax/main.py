@@ -166,14 +166,13 @@ def compile_main(config) -> None:
   train step compiled for a TPU slice (see vidlang_jax/aot.py)."""
   if not _TOPOLOGY.value:
     sys.exit('error: --topology is required, e.g. --topology v5e:16x16.')
-  from vidlang_jax import aot
+  from vidlang_jax import aot, paths
 
   with user_errors():
     report = aot.compile_train_step(config, _TOPOLOGY.value, _NUM_SLICES.value)
-  print(aot.format_report(report))
-  if _JSON.value:
-    with open(_JSON.value, 'w', encoding='utf-8') as f:
-      json.dump(report, f, indent=2)
+    print(aot.format_report(report))
+    if _JSON.value:
+      paths.path(_JSON.value).write_text(json.dumps(report, indent=2), encoding='utf-8')
 
 
 def print_results(config, results: dict, path: str) -> None:
