@@ -34,6 +34,9 @@ def trainer(objective: str) -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 2000
   c.checkpoint_every = 1000
+  c.checkpoint_every_minutes = 0.0  # also save by the clock (0: steps only); SIGTERM saves too
+  # NaN / inf loss or gradients skip the update; this many in a row stop the run.
+  c.max_nonfinite_in_a_row = 5
   c.evals = ml_collections.ConfigDict()
   return c
 
@@ -85,6 +88,12 @@ def clip_data(tiny: bool, dataset: str = '') -> ml_collections.ConfigDict:
   # The caption's special ids (a converted CLIP's or SigLIP's differ; None: no BOS).
   d.bos_id, d.eos_id, d.pad_id = 2, 3, 0
   d.label_keys = ()  # integer fields kept in training batches, e.g. ('shape_label',)
+  # Bad records (vidlang_jax/data/faults.py): a clip shorter than num_frames is padded with
+  # its last frame ('pad') or skipped ('skip'); frames over max_pixels are skipped; more than
+  # max_bad_fraction of the records read between two logged steps stops the run.
+  d.short_clips = 'pad'
+  d.max_pixels = 3840 * 2160
+  d.max_bad_fraction = 0.2
   d.num_workers = 8
   d.num_threads = 16
   d.prefetch = 64

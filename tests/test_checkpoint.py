@@ -58,7 +58,7 @@ def test_save_restore_identical_next_step(tmp_path):
   # Restore onto a different mesh (fsdp=8): resharding on load.
   config.mesh.update(data=1, fsdp=8)
   mesh2, _, abstract2, step2 = setup_run(config)
-  restored_step, restored, _ = checkpointer.restore_latest(abstract2, None)
+  restored_step, restored, *_ = checkpointer.restore_latest(abstract2, None)
   assert restored_step == 1
   kernel = find_leaf(restored['params'], r'video/encoder/.*mlp/Dense_0/kernel')
   assert 'fsdp' in str(kernel.sharding.spec)

@@ -230,6 +230,7 @@ def test_no_checkpoint_loads(tmp_path):
     checkpointer.save(step, state, None, {})
     shutil.rmtree(tmp_path / 'ckpt' / str(step) / 'state')
   with pytest.raises(FileNotFoundError, match=re.escape(
-      f"No checkpoint in {tmp_path / 'ckpt'} loads (steps [2, 1] are all incomplete)")):
+      f"No checkpoint in {tmp_path / 'ckpt'} loads (steps [2, 1] are all incomplete or damaged: 2: "
+      '"Unknown key: state')):
     checkpointer.restore_latest(abstract, None)
   checkpointer.close()

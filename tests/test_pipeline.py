@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vidlang_jax import pixels
-from vidlang_jax.data import builders, pipeline
+from vidlang_jax.data import builders, faults, pipeline
 from vidlang_jax.data import caption_tokenizer as tokenizer_lib
 
 from helpers import tiny_config
@@ -22,13 +22,14 @@ def data_config(data_dir, **overrides):
 def test_train_batches_shapes_and_dtypes(tiny_data_dir):
   dc = data_config(tiny_data_dir)
   batch = next(pipeline.train_iterator(dc, global_batch_size=8, seed=0))
-  assert set(batch) == {'video', 'text', 'num_skipped'}
+  assert set(batch) == {'video', 'text', 'data_faults'}
   assert batch['video'].shape == (8, dc.num_frames, dc.image_size, dc.image_size, 3)
   assert batch['video'].dtype == np.float32
   assert batch['text'].shape == (8, dc.max_text_len) and batch['text'].dtype == np.int32
   assert (batch['text'][:, 0] == tokenizer_lib.BOS_ID).all()
   assert ((batch['text'] == tokenizer_lib.EOS_ID).sum(axis=1) == 1).all()
-  assert batch['num_skipped'].sum() == 0
+  assert batch['data_faults'].shape == (8, len(faults.COUNTED))
+  assert batch['data_faults'].sum() == 0
   # Normalised pixels: black background is (0 - mean) / std, shapes are brighter.
   background = (0 - pixels.MEAN_RGB) / pixels.STD_RGB
   np.testing.assert_allclose(np.median(batch['video'], axis=(0, 1, 2, 3)), background, atol=0.05)
@@ -72,8 +73,10 @@ def test_corrupt_clips_are_skipped_and_counted(tiny_data_dir):
   ds = pipeline.train_dataset(good + corrupt, dc, global_batch_size=4, seed=0,
                               tokenizer_file=pipeline.tokenizer_path(dc))
   batches = [batch for batch, _ in zip(ds, range(4))]  # 16 good clips = two passes
-  skipped = sum(int(b['num_skipped'].sum()) for b in batches)
-  assert 3 <= skipped <= 6  # every corrupt clip of the first pass, maybe some of the second
+  counts = dict(zip(faults.COUNTED, sum(b['data_faults'].sum(axis=0) for b in batches)))
+  # Every corrupt clip of the first pass, maybe some of the second; each by its kind.
+  assert 2 <= counts['corrupt_video'] <= 4 and 1 <= counts['empty_video'] <= 2, counts
+  assert sum(counts.values()) == counts['corrupt_video'] + counts['empty_video']
   for batch in batches:
     assert (batch['video'].reshape(4, -1).std(axis=1) > 0.1).all()  # nothing zero-filled
 

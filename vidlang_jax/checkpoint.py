@@ -7,6 +7,7 @@ Restore order (as in maxtext / big_vision): the run's own latest good checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any, NamedTuple, Sequence
@@ -29,14 +30,25 @@ from vidlang_jax.sharding import tree_paths
 log = logging.getLogger(__name__)
 
 
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written; the committed ones are intact."""
+
+
 class Restored(NamedTuple):
   step: int
   state: Any
   data_restored: bool  # False: the data iterator was saved by another number of processes
+  counters: dict[str, Any]  # the run's running totals at `step` (see `Checkpointer.save`)
 
 
 class Checkpointer:
-  """`workdir/checkpoints/<step>/{state,data,config}`; async saves, keeps the last `max_to_keep`."""
+  """`workdir/checkpoints/<step>/{state,data,config,counters}`; async saves, keeps the last
+  `max_to_keep`.
+
+  Orbax writes each step into a temporary folder and renames it when every file is written,
+  and removes the oldest step only after a newer one is committed: a step that exists is
+  complete unless files were lost afterwards, which `restore_latest` detects.
+  """
 
   def __init__(self, directory: PathLike, max_to_keep: int = 3, async_save: bool = True):
     self.directory = paths.path(directory)
@@ -44,13 +56,35 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              enable_async_checkpointing=async_save),
-        item_names=('state', 'data', 'config'))
+        item_names=('state', 'data', 'config', 'counters'))
 
-  def save(self, step: int, state: Any, data_iterator: Any | None, config: dict[str, Any]) -> None:
+  def save(self, step: int, state: Any, data_iterator: Any | None, config: dict[str, Any],
+           counters: dict[str, Any] | None = None) -> None:
+    """`counters`: JSON running totals (e.g. skipped records) that a resumed run continues."""
     items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
+    if counters is not None:
+      items['counters'] = ocp.args.JsonSave(counters)
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-    self.manager.save(step, args=ocp.args.Composite(**items))
+    with self._save_errors():
+      self.manager.save(step, args=ocp.args.Composite(**items))
+
+  @contextlib.contextmanager
+  def _save_errors(self):
+    """A failed save (disk full, no permission: raised here or by the next save or wait,
+    as saves are asynchronous) as one CheckpointSaveError saying what is intact."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise plain errors
+      with contextlib.suppress(Exception):
+        self.manager.reload()  # what is committed on disk, not Orbax's list of this run's saves
+      committed = self.steps()
+      message = str(e).strip().splitlines()[0][:2000] if str(e).strip() else type(e).__name__
+      raise CheckpointSaveError(
+          f'Saving a checkpoint in {self.directory} failed: {message}. '
+          + (f'The committed checkpoints (steps {committed}) are intact: fix the cause (e.g. '
+             f'free disk space) and rerun the same command to resume from step {committed[-1]}.'
+             if committed else 'No checkpoint was committed yet.')) from e
 
   def saved_process_count(self, step: int) -> int | None:
     """How many processes wrote step's data-iterator states (`process_<i>-of-<n>.json`)."""
@@ -70,39 +104,87 @@ class Checkpointer:
     silently starting the run again.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
+    problems = []
     for step in steps:
+      try:
+        mismatch = self._mismatch(step, abstract_state)
+      except Exception as e:  # noqa: BLE001 - unreadable metadata: a damaged step
+        problems.append(self._damaged(step, e))
+        continue
+      if mismatch:
+        raise ValueError(f'Checkpoint {self.directory}/{step} does not fit this config: '
+                         f'{mismatch}.\nUse a new --workdir, or the config that wrote it.')
       items = dict(state=ocp.args.StandardRestore(abstract_state))
       saved_processes = self.saved_process_count(step)
       restore_data = data_iterator is not None and saved_processes in (None,
                                                                         jax.process_count())
       if restore_data:
         items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+      if (self.directory / str(step) / 'counters').exists():
+        items['counters'] = ocp.args.JsonRestore()
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-      except (KeyError, ValueError, FileNotFoundError) as e:
-        if not _is_missing_data(e):
-          raise ValueError(f'Checkpoint {self.directory}/{step} does not fit this config: {e}\n'
-                           'Use a new --workdir, or the config that wrote it.') from e
-        log.warning('Checkpoint %d in %s is incomplete (%s); trying an older one.',
-                    step, self.directory, e)
+      except Exception as e:  # noqa: BLE001 - it fits (checked above), so files are damaged
+        problems.append(self._damaged(step, e))
         continue
-      return Restored(step, restored['state'], restore_data)
+      if 'counters' not in items:
+        log.warning('Checkpoint %d in %s has no counters (written by an older version): the '
+                    'counts of skipped records and updates restart at 0.', step, self.directory)
+      counters = restored['counters'] if 'counters' in items else {}
+      return Restored(step, restored['state'], restore_data, counters)
     if steps:
       raise FileNotFoundError(f'No checkpoint in {self.directory} loads (steps {steps} are all '
-                              'incomplete); move them away to start again.')
+                              f'incomplete or damaged: {"; ".join(problems)}); move them away '
+                              'to start again.')
     return None
 
+  def _damaged(self, step: int, error: Exception) -> str:
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    log.warning('Checkpoint %s/%d is incomplete or damaged (%s: %s); trying an older one.',
+                self.directory, step, type(error).__name__, first_line)
+    return f'{step}: {first_line}'
+
+  def _mismatch(self, step: int, abstract_state: Any) -> str | None:
+    """How step's saved state differs from `abstract_state` in params and shapes (None: it
+    fits), read from its metadata; raises when the metadata cannot be read."""
+    with _Quiet():
+      manager = _manager(self.directory)
+      try:
+        saved = manager.item_metadata(step)['state']
+      finally:
+        manager.close()
+    saved = getattr(saved, 'tree', saved)
+    if saved is None:
+      raise FileNotFoundError('no state metadata')
+    part = lambda tree: tree['params'] if 'params' in tree else tree
+    have = {p: tuple(m.shape) for p, m in _flatten(part(saved)).items()}
+    want = {p: tuple(x.shape) for p, x in _flatten(part(abstract_state)).items()}
+    differences = ([f'{p}: saved {have[p]}, this config {want[p]}'
+                    for p in sorted(have.keys() & want.keys()) if have[p] != want[p]]
+                   + [f'{p} only in the checkpoint' for p in sorted(have.keys() - want.keys())]
+                   + [f'{p} only in this config' for p in sorted(want.keys() - have.keys())])
+    if not differences and len(jax.tree.leaves(saved)) != len(jax.tree.leaves(abstract_state)):
+      differences = [f'the train state has {len(jax.tree.leaves(saved))} arrays saved and '
+                     f'{len(jax.tree.leaves(abstract_state))} in this config (another optimizer?)']
+    if differences:
+      more = f' and {len(differences) - 5} more' if len(differences) > 5 else ''
+      return '; '.join(differences[:5]) + more
+    return None
+
+  def steps(self) -> list[int]:
+    """The committed steps, oldest first."""
+    return sorted(self.manager.all_steps())
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._save_errors():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
-
-
-def _is_missing_data(error: Exception) -> bool:
-  """Orbax's errors for a half-written / half-deleted step: a missing item or array file."""
-  return isinstance(error, (KeyError, FileNotFoundError)) or 'NOT_FOUND' in str(error)
+    try:
+      self.wait()
+    finally:
+      with contextlib.suppress(Exception):  # its error, if any, was raised just above
+        self.manager.close()
 
 
 RELEASE_PARAMS = 'params'  # a release's params-only Orbax checkpoint, see vidlang_jax/release.py

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from typing import Mapping
 
 import jax
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +61,36 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     log.info('Process %d of %d (%s launch), %d local of %d devices.', jax.process_index(),
              jax.process_count(), kind, jax.local_device_count(), jax.device_count())
   return kind
+
+
+class PreemptionWatch:
+  """Has this run been told to stop (SIGTERM: TPU maintenance, SLURM preemption, `kill`)?
+
+  One process: a SIGTERM handler sets a flag that the loop reads after each step. Several:
+  jax's preemption service (started by `jax.distributed.initialize`) catches SIGTERM on any
+  process and agrees with the others on one step to stop at, which
+  `multihost_utils.reached_preemption_sync_point` reports on every process; call `reached`
+  at every step on every process.
+  """
+
+  def __init__(self):
+    self.multiprocess = jax.process_count() > 1
+    self.received = False
+    self._previous = None
+    if not self.multiprocess and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self.received = True
+    log.warning('SIGTERM received: saving a checkpoint after this step, then exiting.')
+
+  def reached(self, step: int) -> bool:
+    if self.multiprocess:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None

@@ -141,11 +141,11 @@ class WorldModelSession:
 
   def tokenize_mp4(self, mp4: bytes, name: str = 'video') -> np.ndarray:
     """mp4 bytes -> codes `[time, h, w]` (frames sampled and cropped as in evaluation)."""
-    decode = pipeline.DecodeVideo(self.data_config.num_frames, self.data_config.image_size,
-                                  train=False)
+    decode = pipeline.DecodeVideo.from_config(self.data_config, train=False)
     out = decode.random_map({'video': mp4, 'video_id': name}, np.random.default_rng(0))
     if out.get('_skipped'):
-      raise ValueError(f'Could not decode {name} as a video (see the warning above).')
+      raise ValueError(f'Could not use {name} as a video ({out["_skipped"]}, see the warning '
+                       'above).')
     return np.asarray(self.video_tokenizer.apply(
         {'params': self.video_tokenizer_params}, jnp.asarray(out['video'][None]),
         method='tokenize'))[0]

@@ -17,13 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tqdm
 
 from vidlang_jax import checkpoint as checkpoint_lib
-from vidlang_jax import inputs, paths, registry, sharding
-from vidlang_jax.data import builders
+from vidlang_jax import distributed, guards, inputs, paths, registry, sharding
+from vidlang_jax.data import builders, pipeline
 from vidlang_jax.evaluators import common as evaluators_common
 from vidlang_jax.metrics import MetricWriter, to_python
 from vidlang_jax.optimizer import make_optimizer
@@ -146,7 +145,11 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 
 
 def make_train_step(objective, tx, schedule, state_shardings):
-  """jit-ed `(state, batch, rng) -> (state, metrics)`; the old state is donated."""
+  """jit-ed `(state, batch, rng) -> (state, metrics)`; the old state is donated.
+
+  When the loss or the update is NaN / inf the update is skipped: params and optimizer state
+  stay as they were, the step still advances (its batch is consumed) and `update_skipped` is 1.
+  """
 
   @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=(state_shardings, None))
   def train_step(state, batch, rng):
@@ -155,7 +158,13 @@ def make_train_step(objective, tx, schedule, state_shardings):
     (loss, metrics), grads = grad_fn(state['params'], batch, rng, True)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    grad_norm = optax.global_norm(grads)
+    # NaN / inf gradients make the update non-finite; so can finite ones (an overflowing
+    # learning rate), which checking the update catches too.
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state['params'], state['opt_state']))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, update_skipped=~finite,
                    learning_rate=schedule(state['step']))
     return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
 
@@ -206,8 +215,12 @@ def run_evals(evaluators, params, step: int, workdir: str) -> dict[str, Any]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains to `config.total_steps` (resuming from `workdir`) and returns the last metrics."""
+  """Trains to `config.total_steps` (resuming from `workdir`) and returns the last metrics.
+
+  On SIGTERM it finishes the step, saves a checkpoint and returns (see docs/reliability.md).
+  """
   # ---------------------------------------------------------------- logging
+  preemption = distributed.PreemptionWatch()  # first: a SIGTERM while compiling is kept too
   workdir = paths.path(workdir)  # a local folder or gs://bucket/...
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -221,20 +234,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log.info('Mesh %s over %d devices (%d processes).', dict(mesh.shape), mesh.size,
            jax.process_count())
 
-  # ---------------------------------------------------------------- input
-  train_iter = train_input(config)
-
   with sharding.use_mesh(mesh, sharding.logical_rules(config)):
     # -------------------------------------------------------------- model & shapes
+    # Every config error the layout can reveal is raised here, before data or compilation.
     setup = build(config, mesh)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+
+    # -------------------------------------------------------------- input
+    train_iter = train_input(config)
 
     # -------------------------------------------------------------- restore or sharded init
     checkpointer = checkpoint_lib.Checkpointer(workdir / 'checkpoints',
                                                max_to_keep=config.get('keep_checkpoints', 3))
     restored = checkpointer.restore_latest(setup.abstract_state, train_iter)
+    counters = {}
     if restored is not None:
-      start_step, state = restored.step, restored.state
+      start_step, state, counters = restored.step, restored.state, restored.counters
       log.info('Resumed from %s at step %d.', checkpointer.directory, start_step)
       writer.drop_after(start_step)  # steps logged after that checkpoint are redone
       if not restored.data_restored:
@@ -269,52 +284,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # -------------------------------------------------------------- evaluators
     evaluators = build_evaluators(config, setup.model, mesh)
 
+    # -------------------------------------------------------------- guards
+    tally = guards.FaultTally(config.data.get('max_bad_fraction', 1.0), config.batch_size,
+                              start_step, counters)
+    nonfinite = guards.NonFiniteGuard(
+        config.get('max_nonfinite_in_a_row', 1 << 30),
+        counters.get('updates_skipped_nonfinite', 0),
+        newest_checkpoint=lambda: checkpointer.steps() and
+        f'{checkpointer.directory}/{checkpointer.steps()[-1]}')
+    clock = guards.SaveClock(config.get('checkpoint_every_minutes', 0))
+
+
     # -------------------------------------------------------------- loop
     metrics: dict[str, Any] = {}
     progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc='train',
                          disable=jax.process_index() != 0, dynamic_ncols=True)
-    window_start, data_wait, skipped, window_steps = time.perf_counter(), 0.0, 0, 0
-    for step in range(start_step + 1, config.total_steps + 1):
-      wait_start = time.perf_counter()
-      local_batch = next(train_iter)
-      data_wait += time.perf_counter() - wait_start
-      skipped += int(local_batch.pop('num_skipped').sum())
-      state, step_metrics = compiled_step(state, sharding.shard_batch(local_batch, mesh),
-                                          train_rng)
-      window_steps += 1
-      progress.update(1)
+    window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+    preempted = False
+    try:
+      for step in range(start_step + 1, config.total_steps + 1):
+        wait_start = time.perf_counter()
+        local_batch = next(train_iter)
+        data_wait += time.perf_counter() - wait_start
+        tally.add(local_batch.pop(pipeline.FAULTS_KEY))
+        state, step_metrics = compiled_step(state, sharding.shard_batch(local_batch, mesh),
+                                            train_rng)
+        nonfinite.push(step, step_metrics['update_skipped'])
+        window_steps += 1
+        progress.update(1)
 
-      if step % config.log_every == 0 or step == config.total_steps:
-        metrics = jax.device_get(step_metrics)
-        if not np.isfinite(metrics['loss']):
-          raise FloatingPointError(f'Loss is {metrics["loss"]} at step {step}.')
-        elapsed = time.perf_counter() - window_start
-        metrics.update(
-            examples_per_sec=config.batch_size * window_steps / elapsed,
-            data_wait_fraction=data_wait / elapsed,
-            mfu=step_flops * window_steps / elapsed / peak_flops,
-            data_skipped=skipped)
-        writer.write(step, metrics)
-        progress.set_postfix(loss=f'{metrics["loss"]:.3f}')
-        window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+        if step % config.log_every == 0 or step == config.total_steps:
+          metrics = jax.device_get(step_metrics)
+          metrics.pop('update_skipped')  # counted in updates_skipped_nonfinite
+          nonfinite.resolve()
+          tally.flush(step)
+          tally.check(step)
+          elapsed = time.perf_counter() - window_start
+          metrics.update(
+              examples_per_sec=config.batch_size * window_steps / elapsed,
+              data_wait_fraction=data_wait / elapsed,
+              mfu=step_flops * window_steps / elapsed / peak_flops,
+              updates_skipped_nonfinite=nonfinite.total, **tally.metrics())
+          writer.write(step, metrics)
+          progress.set_postfix(loss=f'{metrics["loss"]:.3f}')
+          window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
 
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
-        checkpointer.save(step, state, train_iter, config.to_dict())
+        preempted = preemption.reached(step)
+        if (step % config.checkpoint_every == 0 or step == config.total_steps or preempted
+            or clock.due()):
+          nonfinite.resolve()  # the counters saved include this step
+          tally.flush(step)
+          checkpointer.save(step, state, train_iter, config.to_dict(),
+                            guards.counters(tally, nonfinite))
+          clock.saved()
 
-      if evaluators and (step % config.eval_every == 0 or step == config.total_steps):
-        results = run_evals(evaluators, state['params'], step, workdir)
-        writer.write(step, {f'eval/{k}': v for k, v in results.items()})
-        # Eval time is not training throughput: start a new measurement window.
-        window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+        if preempted:
+          checkpointer.wait()
+          log.warning('Stopped by SIGTERM after step %d; checkpoint %s/%d saved. Rerun the '
+                      'same command to resume.', step, checkpointer.directory, step)
+          break
 
-    final_eval = workdir / 'eval' / f'{config.total_steps}.json'
-    if evaluators and start_step == config.total_steps and not final_eval.exists():
-      run_evals(evaluators, state['params'], start_step, workdir)  # finished, never evaluated
+        if evaluators and (step % config.eval_every == 0 or step == config.total_steps):
+          results = run_evals(evaluators, state['params'], step, workdir)
+          writer.write(step, {f'eval/{k}': v for k, v in results.items()})
+          # Eval time is not training throughput: start a new measurement window.
+          window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+      nonfinite.resolve()
 
-    progress.close()
-    checkpointer.close()
-    writer.close()
-  close_input(train_iter)
+      final_eval = workdir / 'eval' / f'{config.total_steps}.json'
+      if (evaluators and start_step == config.total_steps and not final_eval.exists()
+          and not preempted):
+        run_evals(evaluators, state['params'], start_step, workdir)  # finished, never evaluated
+    finally:
+      # Also on an error: a save in flight is committed (or fails loudly) before the run ends.
+      progress.close()
+      preemption.close()
+      checkpointer.close()
+      writer.close()
+      close_input(train_iter)
   return metrics
 
 
@@ -323,10 +370,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   with sharding.use_mesh(mesh, sharding.logical_rules(config)):
     setup = build(config, mesh)
-    checkpointer = checkpoint_lib.Checkpointer(paths.path(workdir) / 'checkpoints')
+    directory = paths.path(workdir) / 'checkpoints'
+    if not directory.is_dir():  # before Orbax would create it
+      raise FileNotFoundError(f'No checkpoint to evaluate in {directory}: is --workdir the '
+                              "training run's?")
+    checkpointer = checkpoint_lib.Checkpointer(directory)
     restored = checkpointer.restore_latest(setup.abstract_state, None)
     if restored is None:
-      raise FileNotFoundError(f'No checkpoint to evaluate in {workdir}/checkpoints.')
+      raise FileNotFoundError(f'No checkpoint to evaluate in {directory}.')
     step, state = restored.step, restored.state
     results = run_evals(build_evaluators(config, setup.model, mesh), state['params'], step,
                         workdir)

@@ -46,8 +46,10 @@ def load_tokenizer(path: str) -> tokenizers.Tokenizer:
 
 def tokenize(tokenizer: tokenizers.Tokenizer, texts: list[str], max_len: int, *,
              bos_id: int | None = BOS_ID, eos_id: int = EOS_ID,
-             pad_id: int = PAD_ID) -> np.ndarray:
+             pad_id: int = PAD_ID, with_truncated: bool = False
+             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
   """`[batch, max_len]` int32: BOS, tokens, EOS, then PAD; long texts lose tokens, not EOS.
+  `with_truncated` also returns `[batch]` bool: which texts lost tokens.
 
   The special ids default to this module's tokenizers'; a converted text tower has its own
   (CLIP: <|startoftext|>, <|endoftext|>; SigLIP: no BOS), set in the release's `data` config.
@@ -56,8 +58,10 @@ def tokenize(tokenizer: tokenizers.Tokenizer, texts: list[str], max_len: int, *,
   if max_len < len(specials) + 1:
     raise ValueError(f'max_len must leave room for BOS and EOS, got {max_len}.')
   out = np.full((len(texts), max_len), pad_id, np.int32)
+  truncated = np.zeros((len(texts),), bool)
   room = max_len - len(specials) - 1
   for row, encoding in enumerate(tokenizer.encode_batch(list(texts), add_special_tokens=False)):
     ids = [*specials, *encoding.ids[:room], eos_id]
     out[row, :len(ids)] = ids
-  return out
+    truncated[row] = len(encoding.ids) > room
+  return (out, truncated) if with_truncated else out

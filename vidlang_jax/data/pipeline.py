@@ -1,8 +1,9 @@
 """grain input pipelines: TFDS array_record -> decode -> sample -> augment -> tokenize -> batch.
 
 Training iterators are infinite, reshuffled every epoch, sharded per process and checkpointable
-(`get_state` / `set_state`, saved by the trainer beside the model). Clips that fail to decode are
-skipped, and every batch carries `num_skipped`: how many were dropped while it was assembled.
+(`get_state` / `set_state`, saved by the trainer beside the model). Bad records are skipped or
+fixed by the policies of data/faults.py, and every batch carries `data_faults`: per kind, how
+many were dropped while it was assembled and how many of its examples were fixed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from vidlang_jax import pixels
-from vidlang_jax.data import builders
+from vidlang_jax.data import builders, faults
 from vidlang_jax.data import caption_tokenizer as tokenizer_lib
 from vidlang_jax.data import video as video_lib
 from vidlang_jax.sharding import BATCH_AXES, batch_sharding
@@ -87,7 +88,9 @@ class DecodeVideo(grain.transforms.RandomMap):
   Training samples a random stride from `strides` and a random start, and crops a random box
   with a mild scale range: captions name sizes, so aggressive zoom would contradict them, and
   there is no horizontal flip because captions say "moves left". Evaluation samples frames
-  uniformly over the clip and takes the central square.
+  uniformly over the clip and takes the central square. Bad videos follow data/faults.py:
+  skipped by kind; a clip shorter than `num_frames` is padded with its last frame or skipped
+  (`short_clips`).
   """
 
   num_frames: int
@@ -96,11 +99,23 @@ class DecodeVideo(grain.transforms.RandomMap):
   strides: tuple[int, ...] = (1, 2)
   crop_scale: tuple[float, float] = (0.8, 1.0)
   crop_ratio: tuple[float, float] = (0.9, 1.1)
+  short_clips: str = 'pad'
+  max_pixels: int = faults.DEFAULT_MAX_PIXELS
+
+  def __post_init__(self):
+    if self.short_clips not in faults.SHORT_CLIP_POLICIES:
+      raise ValueError(f'data.short_clips={self.short_clips!r}; expected one of '
+                       f'{list(faults.SHORT_CLIP_POLICIES)}.')
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     data = element['video']
     try:
-      length = video_lib.video_num_frames(data)
+      info = video_lib.video_info(data)
+      faults.check_frame_size(info['height'], info['width'], self.max_pixels)
+      length = int(info['num_frames'])
+      short = length < self.num_frames
+      if short and self.short_clips == 'skip':
+        raise faults.BadRecord('too_short', f'{length} frames, the clip needs {self.num_frames}')
       if self.train:
         stride = int(rng.choice([s for s in self.strides if s * (self.num_frames - 1) < length]
                                 or [1]))
@@ -110,26 +125,44 @@ class DecodeVideo(grain.transforms.RandomMap):
       frames = video_lib.decode_mp4(data, num_frames=self.num_frames, stride=stride,
                                     offset=offset)
     except video_lib.VideoDecodeError as e:
-      log.warning('Skipping %s: %s', _video_id(element), e)
-      return {'_skipped': True}
+      return _skip(element, e.kind, e)
+    except faults.BadRecord as e:
+      return _skip(element, e.kind, e.detail)
     height, width = frames.shape[1:3]
     box = (random_box(rng, height, width, self.crop_scale, self.crop_ratio) if self.train
            else center_box(height, width))
     frames = resize_crop(frames, box, self.size) / 255.0
     out = {k: v for k, v in element.items() if k != 'video'}
     out['video'] = pixels.normalize(frames)
+    out['_fixed'] = ('short_clip',) if short else ()
     return out
+
+  @classmethod
+  def from_config(cls, data_config: ml_collections.ConfigDict, train: bool) -> DecodeVideo:
+    policy = dict(short_clips=data_config.get('short_clips', 'pad'),
+                  max_pixels=data_config.get('max_pixels', faults.DEFAULT_MAX_PIXELS))
+    if not train:
+      return cls(data_config.num_frames, data_config.image_size, train=False, **policy)
+    return cls(data_config.num_frames, data_config.image_size, train=True,
+               strides=tuple(data_config.strides), crop_scale=tuple(data_config.crop_scale),
+               **policy)
+
+
+def _skip(element: dict[str, Any], kind: str, why: Any) -> dict[str, Any]:
+  log.warning('Skipping %s (%s): %s', _video_id(element), kind, why)
+  return {'_skipped': kind}
 
 
 def _video_id(element: dict[str, Any]) -> str:
   video_id = element.get('video_id', b'?')
-  return video_id.decode() if isinstance(video_id, bytes) else str(video_id)
+  return video_id.decode(errors='replace') if isinstance(video_id, bytes) else str(video_id)
 
 
 @dataclasses.dataclass
 class Tokenize(grain.transforms.Map):
   """caption bytes -> `text` int32 `[max_len]`; loads the tokenizer lazily in each worker.
-  The special ids are the text tower's (a converted CLIP's are not our tokenizer's)."""
+  The special ids are the text tower's (a converted CLIP's are not our tokenizer's). Empty and
+  non-UTF-8 captions are skipped; longer ones are cut, keeping EOS (data/faults.py)."""
 
   tokenizer_path: str
   max_len: int
@@ -152,25 +185,31 @@ class Tokenize(grain.transforms.Map):
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
     if element.get('_skipped'):
       return element
-    caption = element['caption']
-    caption = caption.decode('utf-8') if isinstance(caption, bytes) else str(caption)
-    element['text'] = tokenizer_lib.tokenize(self.tokenizer, [caption], self.max_len,
-                                             bos_id=self.bos_id, eos_id=self.eos_id,
-                                             pad_id=self.pad_id)[0]
+    try:
+      caption = faults.decode_caption(element['caption'])
+    except faults.BadRecord as e:
+      return _skip(element, e.kind, e.detail)
+    ids, truncated = tokenizer_lib.tokenize(
+        self.tokenizer, [caption], self.max_len, bos_id=self.bos_id, eos_id=self.eos_id,
+        pad_id=self.pad_id, with_truncated=True)
+    element['text'] = ids[0]
     element['caption'] = caption
+    if truncated[0]:
+      element['_fixed'] = (*element.get('_fixed', ()), 'long_caption')
     return element
 
 
-class _SkipCountingIterator(grain.DatasetIterator):
+class _FaultCountingIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict[str, Any]:
-    skipped = 0
+    counts = np.zeros((len(faults.COUNTED),), np.int32)
     while True:
       element = next(self._parent)
-      if not element.get('_skipped'):
-        element['num_skipped'] = np.int32(skipped)
+      kind = element.get('_skipped')
+      if not kind:
+        element[FAULTS_KEY] = counts + faults.counts_vector(fixed=element.pop('_fixed', ()))
         return element
-      skipped += 1
+      counts += faults.counts_vector(kind)
 
   def get_state(self):
     return self._parent.get_state()
@@ -179,15 +218,18 @@ class _SkipCountingIterator(grain.DatasetIterator):
     self._parent.set_state(state)
 
 
-class SkipCorrupt(grain.IterDataset):
-  """Drops elements marked `_skipped`, recording on the next kept element how many were dropped
-  (so that the count survives batching and worker processes)."""
+class CountFaults(grain.IterDataset):
+  """Drops elements marked `_skipped` and puts on the next kept element the per-kind counts
+  (`faults.COUNTED` order) of what was dropped before it and of what was fixed in it, so that
+  the counts survive batching and worker processes."""
 
   def __iter__(self) -> grain.DatasetIterator:
-    return _SkipCountingIterator(self._parent.__iter__())
+    return _FaultCountingIterator(self._parent.__iter__())
 
 
-NUMERIC_KEYS = ('video', 'text', 'num_skipped')
+FAULTS_KEY = 'data_faults'  # int32 [batch, len(faults.COUNTED)] in every batch
+
+NUMERIC_KEYS = ('video', 'text', FAULTS_KEY)
 
 
 def _keep_numeric(element: dict[str, Any], extra: tuple[str, ...]) -> dict[str, Any]:
@@ -276,15 +318,13 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, global
   process's share of each global batch (see `ProcessShare`)."""
   local_batch_size = process_batch_size(global_batch_size)
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-  ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=True,
-                                 strides=tuple(data_config.strides),
-                                 crop_scale=tuple(data_config.crop_scale)), seed=seed + 1)
+  ds = ds.random_map(DecodeVideo.from_config(data_config, train=True), seed=seed + 1)
   ds = ds.map(Tokenize.from_config(tokenizer_file, data_config))
   ds = ProcessShare(ds, global_batch_size, num_processes=jax.process_count(),
                     process_index=jax.process_index(), start_step=start_step)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
                                             prefetch_buffer_size=data_config.prefetch))
-  ds = SkipCorrupt(ds).map(functools.partial(
+  ds = CountFaults(ds).map(functools.partial(
       _keep_numeric, extra=tuple(data_config.get('label_keys', ()))))
   ds = ds.batch(local_batch_size, drop_remainder=True)
   if data_config.num_workers > 0:
@@ -322,12 +362,11 @@ def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size:
   ds = grain.MapDataset.source(source)
   if max_examples is not None:
     ds = ds[:max_examples]
-  ds = ds.random_map(DecodeVideo(data_config.num_frames, data_config.image_size, train=False),
-                     seed=0)
+  ds = ds.random_map(DecodeVideo.from_config(data_config, train=False), seed=0)
   ds = ds.map(Tokenize.from_config(tokenizer_file, data_config))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
                                             prefetch_buffer_size=data_config.prefetch))
-  ds = SkipCorrupt(ds).map(functools.partial(_keep_numeric, extra=keys))
+  ds = CountFaults(ds).map(functools.partial(_keep_numeric, extra=keys))
   ds = ds.batch(batch_size, drop_remainder=False)
   for batch in ds:
     real = len(batch['video'])

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from vidlang_jax.data import caption_tokenizer as tokenizer_lib
-from vidlang_jax.data import pipeline
+from vidlang_jax.data import faults, pipeline
 from vidlang_jax.sharding import batch_sharding
 
 TEXT, VIDEO = 0, 1
@@ -378,7 +378,8 @@ def packed_rows(data_config: ml_collections.ConfigDict, cache: Any,
     streams.append(ds.to_iter_dataset(read).batch(needle_rows, drop_remainder=True))
   ds = grain.experimental.ZipIterDataset(streams).map(
       lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
-  ds = ds.map(lambda batch: dict(batch, num_skipped=np.zeros((len(batch['inputs']),), np.int32)))
+  ds = ds.map(lambda batch: {**batch, pipeline.FAULTS_KEY: np.zeros(
+      (len(batch['inputs']), len(faults.COUNTED)), np.int32)})  # cached tokens: none to count
   return iter(ds)
 
 

@@ -27,7 +27,14 @@ _JPEG_RANGE = 2
 
 
 class VideoDecodeError(ValueError):
-  """Bytes that are not a decodable video (empty, truncated, corrupt, no video stream)."""
+  """Bytes that are not a decodable video; `kind` says how (see data/faults.py):
+  'empty_video' (0 bytes), 'no_frames' (a container FFmpeg opens that yields no frame: no
+  video stream, an empty one, or cut before the first frame) or 'corrupt_video' (not a
+  container FFmpeg understands, or frames it cannot decode)."""
+
+  def __init__(self, message: str, kind: str = 'corrupt_video'):
+    super().__init__(message)
+    self.kind = kind
 
 
 def encode_mp4(frames: np.ndarray, fps: int = 8, crf: int = 18) -> bytes:
@@ -96,7 +103,7 @@ def decode_mp4(data: bytes, *, num_frames: int | None = None, stride: int | None
       stream, or yield no decodable frame.
   """
   if not data:
-    raise VideoDecodeError('Cannot decode video: got 0 bytes.')
+    raise VideoDecodeError('Cannot decode video: got 0 bytes.', 'empty_video')
   if num_frames is not None and num_frames < 1:
     raise ValueError(f'num_frames must be >= 1, got {num_frames}.')
   stride = stride or 1
@@ -110,7 +117,7 @@ def decode_mp4(data: bytes, *, num_frames: int | None = None, stride: int | None
     with av.open(io.BytesIO(data), mode='r') as container:
       if not container.streams.video:
         raise VideoDecodeError(f'No video stream in {len(data)} bytes '
-                               f'(format {container.format.name!r}).')
+                               f'(format {container.format.name!r}).', 'no_frames')
       stream = container.streams.video[0]
       if stream.codec_context.width * stream.codec_context.height >= _THREADED_PIXELS:
         stream.thread_type = 'AUTO'
@@ -123,7 +130,8 @@ def decode_mp4(data: bytes, *, num_frames: int | None = None, stride: int | None
   except av.error.FFmpegError as e:
     raise VideoDecodeError(f'Cannot decode {len(data)} bytes of video: {e}') from e
   if frame is None:
-    raise VideoDecodeError(f'No decodable frame in {len(data)} bytes (truncated or corrupt?).')
+    raise VideoDecodeError(f'No decodable frame in {len(data)} bytes (truncated or corrupt?).',
+                           'no_frames')
   count = index + 1
   if wanted is not None and wanted[-1] >= count and kept_index[-1:] != [count - 1]:
     kept.append(frame)  # The clip is short: its last frame pads the output.
@@ -155,11 +163,11 @@ def video_info(data: bytes) -> dict[str, float]:
   `num_frames` falls back to counting packets when the header lacks it (e.g. some webm files).
   """
   if not data:
-    raise VideoDecodeError('Cannot read video: got 0 bytes.')
+    raise VideoDecodeError('Cannot read video: got 0 bytes.', 'empty_video')
   try:
     with av.open(io.BytesIO(data), mode='r') as container:
       if not container.streams.video:
-        raise VideoDecodeError(f'No video stream in {len(data)} bytes.')
+        raise VideoDecodeError(f'No video stream in {len(data)} bytes.', 'no_frames')
       stream = container.streams.video[0]
       rate = stream.average_rate or stream.guessed_rate
       info = {'fps': float(rate) if rate else 0.0, 'height': stream.codec_context.height,
