@@ -1,5 +1,6 @@
 """Save -> restore (onto another mesh) -> identical next step; damaged checkpoints; partial load."""
 
+import os
 import shutil
 
 import jax
@@ -82,6 +83,79 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path):
   shutil.rmtree(tmp_path / 'ckpt' / '2' / 'state')  # a half-deleted newest checkpoint
   step = checkpointer.restore_latest(abstract, None).step
   assert step == 1
+  checkpointer.close()
+
+
+def _largest_file(folder):
+  files = [os.path.join(d, f) for d, _, names in os.walk(folder) for f in names]
+  return max(files, key=os.path.getsize)
+
+
+def _arrays(step):
+  return _largest_file(step / 'state' / 'ocdbt.process_0')
+
+
+def _truncate(path):
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+# How a newest checkpoint gets damaged after it was committed (a copy cut short, a disk error,
+# files lost); the arrays are the largest file of Orbax's OCDBT store. Bytes changed in place
+# are found only when they break the format: Orbax keeps no checksums (docs/reliability.md).
+DAMAGE = {
+    'array_file_missing': lambda step: os.remove(_arrays(step)),
+    'array_file_truncated': lambda step: _truncate(_arrays(step)),
+    'metadata_missing': lambda step: os.remove(step / 'state' / '_METADATA'),
+    'metadata_truncated': lambda step: _truncate(step / 'state' / '_METADATA'),
+    'manifest_missing': lambda step: os.remove(step / 'state' / 'manifest.ocdbt'),
+    'counters_truncated': lambda step: _truncate(step / 'counters' / 'metadata'),
+    'state_missing': lambda step: shutil.rmtree(step / 'state'),
+    'emptied': lambda step: [shutil.rmtree(step), step.mkdir()],
+}
+
+
+@pytest.fixture(scope='module')
+def two_steps(tmp_path_factory):
+  """Checkpoints of two different states at steps 1 and 2, and what restores them."""
+  config = tiny_config()
+  _, new_state, abstract, _ = setup_run(config)
+  first, second = new_state(0), new_state(1)
+  directory = tmp_path_factory.mktemp('two_steps') / 'ckpt'
+  checkpointer = checkpoint_lib.Checkpointer(str(directory), async_save=False)
+  checkpointer.save(1, first, None, {}, {'data/skipped_corrupt_video': 1})
+  checkpointer.save(2, second, None, {}, {'data/skipped_corrupt_video': 2})
+  checkpointer.close()
+  return directory, abstract, jax.device_get(first)
+
+
+@pytest.mark.parametrize('damage', list(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_good_one(tmp_path, two_steps,
+                                                                       damage, caplog):
+  pristine, abstract, first = two_steps
+  directory = tmp_path / 'ckpt'
+  shutil.copytree(pristine, directory)
+  DAMAGE[damage](directory / '2')
+  checkpointer = checkpoint_lib.Checkpointer(str(directory), async_save=False)
+  with caplog.at_level('WARNING', logger='vidlang_jax.checkpoint'):
+    restored = checkpointer.restore_latest(abstract, None)
+  assert restored.step == 1
+  assert restored.counters == {'data/skipped_corrupt_video': 1}
+  assert_same_state(jax.device_get(restored.state), first)
+  assert f'Checkpoint {directory}/2 is incomplete or damaged' in caplog.text
+  checkpointer.close()
+
+
+def test_partly_written_checkpoint_is_never_a_candidate(tmp_path, two_steps):
+  """A save cut off by a kill leaves `<step>.orbax-checkpoint-tmp`; only renamed (committed)
+  steps count."""
+  pristine, abstract, _ = two_steps
+  directory = tmp_path / 'ckpt'
+  shutil.copytree(pristine, directory)
+  os.rename(directory / '2', directory / '3.orbax-checkpoint-tmp-7')
+  os.remove(_largest_file(directory / '3.orbax-checkpoint-tmp-7' / 'state'))
+  checkpointer = checkpoint_lib.Checkpointer(str(directory), async_save=False)
+  assert checkpointer.restore_latest(abstract, None).step == 1
   checkpointer.close()
 
 
