@@ -1,4 +1,4 @@
-# make demo | make test | make test-hf | make test-gcs | make test-tpu | make test-all | make bench | make lint
+# make demo | make test | make test-hf | make test-gcs | make test-tpu | make test-faults | make test-all | make bench | make lint
 # — each creates .venv and installs on first use, with the versions pinned in constraints.txt (the
 # ones our tests ran with; launch/ installs the same). `make lock` refreshes them, on purpose only.
 PYTHON ?= python3
@@ -16,7 +16,7 @@ WORKDIR ?= runs/demo
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest tests -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
-.PHONY: venv demo test test-all test-hf test-gcs test-tpu bench lint lock clean
+.PHONY: venv demo test test-all test-hf test-gcs test-tpu test-faults bench lint lock clean
 
 venv: $(STAMP)
 
@@ -46,7 +46,12 @@ demo: $(STAMP)
 # Fast suite (~12 min on 2 CPU cores with 2 workers); slow tests are marked, run by test-all.
 # The hf tests (parity against transformers) need torch: `make test-hf` installs it and runs them.
 test: $(STAMP)
-	$(PYTEST) -m 'not slow and not hf and not gcs and not tpu'
+	$(PYTEST) -m 'not slow and not hf and not gcs and not tpu and not faults'
+
+# Faults injected into real runs (SIGTERM to one of two processes, a full disk, every family
+# killed and resumed; ~8 min); .ci/run runs it.
+test-faults: $(STAMP)
+	$(PYTEST) -m faults
 
 # gs:// workdirs end to end against a GCS emulator on 127.0.0.1 (~3 min); .ci/run runs it.
 test-gcs: $(STAMP)

@@ -5,10 +5,13 @@ computes, and a checkpoint it wrote resumes in 1 process."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, 'launch', 'local_multiprocess.sh')
@@ -82,3 +85,51 @@ def test_dcn_axis_spans_processes():
     line = next(line for line in output.splitlines() if line.startswith(f'[{process}/2] {{'))
     assert line.endswith("{'data': 2, 'fsdp': 4, 'tensor': 1, 'sequence': 1} "
                          '[[0, 0, 0, 0], [1, 1, 1, 1]]')
+
+
+def processes_of(workdir):
+  """{process index: pid} of the `vidlang train` processes writing to `workdir`."""
+  found = {}
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        cmdline = f.read().split(b'\0')
+      with open(f'/proc/{pid}/environ', 'rb') as f:
+        environ = dict(v.split(b'=', 1) for v in f.read().split(b'\0') if b'=' in v)
+    except OSError:
+      continue
+    if workdir.encode() in cmdline and b'VIDLANG_PROCESS_ID' in environ and b'train' in cmdline:
+      found[int(environ[b'VIDLANG_PROCESS_ID'])] = int(pid)
+  return found
+
+
+@pytest.mark.faults
+def test_sigterm_to_one_process_stops_all_at_one_step(tiny_data_dir, tmp_path):
+  """TPU maintenance may signal one host: jax's preemption service tells the others, every
+  process stops after the same step, the checkpoint has every process's data state, and the
+  launcher exits 0."""
+  workdir = str(tmp_path / 'run')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  command = train_command(tiny_data_dir, workdir, total_steps=200) + [
+      '--config.checkpoint_every=50']
+  with open(tmp_path / 'run.log', 'w') as log:
+    launcher = subprocess.Popen([LAUNCHER, '-n', '2', '-d', '4', '--'] + command, stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while not (os.path.exists(os.path.join(workdir, 'metrics.jsonl')) and
+               len(logged_losses(workdir)) >= 2):
+      assert launcher.poll() is None and time.monotonic() < deadline, 'no step 2'
+      time.sleep(0.1)
+    os.kill(processes_of(workdir)[1], signal.SIGTERM)
+    status = launcher.wait(timeout=300)
+  with open(tmp_path / 'run.log') as f:
+    output = f.read()
+  assert status == 0, output[-4000:]
+  stopped = max(logged_losses(workdir))
+  assert stopped < 200
+  for process in (0, 1):
+    assert (f'[{process}/2] ' in output and f'Stopped by SIGTERM after step {stopped}; '
+            f'checkpoint {workdir}/checkpoints/{stopped} saved.') in output
+  assert output.count(f'Stopped by SIGTERM after step {stopped};') == 2, output[-4000:]
+  data_state = os.listdir(os.path.join(workdir, 'checkpoints', str(stopped), 'data'))
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(data_state)

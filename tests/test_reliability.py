@@ -113,6 +113,7 @@ def test_sigkill_at_a_random_step_then_rerun_resumes_bitwise(tiny_data_dir, tmp_
   assert_params_equal(workdir, expected_params)
 
 
+@pytest.mark.faults
 def test_sigterm_saves_exits_0_and_the_rerun_resumes(tiny_data_dir, tmp_path):
   workdir, total = str(tmp_path / 'run'), 200
   cmd = command(tiny_data_dir, workdir, total, '--config.checkpoint_every=50')
@@ -216,6 +217,7 @@ def small_disk(tmp_path):
   subprocess.run(['umount', '-l', str(mount_point)], check=False)
 
 
+@pytest.mark.faults
 def test_disk_full_fails_loudly_and_keeps_the_last_good_checkpoint(tiny_data_dir, tmp_path,
                                                                   small_disk):
   workdir = str(small_disk / 'run')

@@ -137,6 +137,15 @@ def summary(builder: tfds.core.DatasetBuilder) -> str:
   return '\n'.join(lines)
 
 
+def _parse_bool(text: str) -> bool:
+  """`true` / `false` (also 1 / 0, yes / no), as absl's boolean flags of `vidlang train`."""
+  value = {'true': True, '1': True, 'yes': True, 'false': False, '0': False, 'no': False}.get(
+      text.strip().lower())
+  if value is None:
+    raise argparse.ArgumentTypeError(f'expected true or false, got {text!r}')
+  return value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog='vidlang data',
                                    description='Build vidlang_jax datasets (once; cached).')
@@ -153,12 +162,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                       'stored as class labels <column>_label, e.g. action,scene')
   parser.add_argument('--resize', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'))
   parser.add_argument('--max_frames', type=int)
+  parser.add_argument('--max_pixels', type=int, help='video_text_folder: frames with more '
+                      'pixels (height * width) are skipped as too_large when checked (default '
+                      '3840*2160); train with the same data.max_pixels')
+  parser.add_argument('--check_videos', type=_parse_bool, nargs='?', const=True, metavar='BOOL',
+                      help='video_text_folder: decode the header and first frame of each video '
+                      'and skip bad ones by kind (default true); --check_videos=false stores '
+                      'them unchecked, for folders too large to decode twice: training then '
+                      'skips and counts them (data/skipped_<kind>)')
   parser.add_argument('--num_workers', type=int, help='moving_shapes: worker processes')
   parser.add_argument('--save_as', help='video_text_folder: a name to train with later '
                       '(dataset=video_text_folder/NAME)')
   args = parser.parse_args(argv)
   names = ('source_dir', 'annotations', 'resize', 'max_frames', 'num_workers', 'path_column',
-           'caption_column', 'label_columns')
+           'caption_column', 'label_columns', 'max_pixels', 'check_videos')
   kwargs = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
   if 'resize' in kwargs:
     kwargs['resize'] = tuple(kwargs['resize'])
