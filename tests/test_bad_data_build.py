@@ -205,3 +205,32 @@ def test_annotation_files_with_no_usable_row_fail_clearly(tmp_path):
     vtf.read_annotations(str(keys))
   rows, skipped = vtf.read_annotations(str(keys), path_column='file')
   assert [(r.path, r.line) for r in rows] == [('0.mp4', 1), ('1.mp4', 2)] and not skipped
+
+
+def test_data_command_max_pixels_and_check_videos(tmp_path, capsys):
+  """`vidlang data` passes --max_pixels and --check_videos to the folder's build."""
+  _jsonl_folder(tmp_path / 'src')
+  common = ['video_text_folder', '--source_dir', str(tmp_path / 'src'), '--data_dir',
+            str(tmp_path / 'data')]
+  builders.main([*common, '--save_as', 'default'])
+  builders.main([*common, '--max_pixels', str(32 * 32), '--check_videos', '--save_as', 'small'])
+  builders.main([*common, '--max_pixels', str(32 * 32), '--check_videos=false',
+                 '--save_as', 'unchecked'])
+  out = capsys.readouterr().out
+  assert '1 too_large' in out
+  summaries = {name: builders.get_builder(f'video_text_folder/{name}',
+                                          str(tmp_path / 'data')).build_summary
+               for name in ('default', 'small', 'unchecked')}
+  by_kind = {name: s['skipped_by_kind'] for name, s in summaries.items()}
+  assert 'too_large' not in by_kind['default']  # 64x64 is under the default limit.
+  assert by_kind['small'] == {**by_kind['default'], 'too_large': 1}
+  assert by_kind['unchecked'] == {k: n for k, n in by_kind['small'].items()
+                                  if k not in VIDEO_KINDS}
+  assert sum(summaries['unchecked']['examples'].values()) == len(GOOD) + 5  # + the bad videos
+  with pytest.raises(SystemExit):
+    builders.main([*common, '--check_videos=maybe'])
+  assert "--check_videos: expected true or false, got 'maybe'" in capsys.readouterr().err
+  with pytest.raises(SystemExit):  # Not a TypeError from the builder.
+    builders.main(['moving_shapes/tiny', '--max_pixels', '64', '--check_videos=false'])
+  assert ('--max_pixels, --check_videos: not an option of moving_shapes'
+          in capsys.readouterr().err)

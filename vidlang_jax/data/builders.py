@@ -137,6 +137,13 @@ def summary(builder: tfds.core.DatasetBuilder) -> str:
   return '\n'.join(lines)
 
 
+# The options of the built-in datasets (other registered ones get any that are set).
+_OPTIONS = {'moving_shapes': ('num_workers',),
+            'video_text_folder': ('source_dir', 'annotations', 'resize', 'max_frames',
+                                  'path_column', 'caption_column', 'label_columns',
+                                  'max_pixels', 'check_videos')}
+
+
 def _parse_bool(text: str) -> bool:
   """`true` / `false` (also 1 / 0, yes / no), as absl's boolean flags of `vidlang train`."""
   value = {'true': True, '1': True, 'yes': True, 'false': False, '0': False, 'no': False}.get(
@@ -181,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     kwargs['resize'] = tuple(kwargs['resize'])
   if kwargs and len(args.names) > 1:
     parser.error('dataset options apply to one dataset: name only one.')
+  dataset = args.names[0].partition('/')[0]
+  wrong = [f'--{k}' for k in kwargs if k not in _OPTIONS.get(dataset, names)]
+  if wrong:  # Else the builder fails with a TypeError naming a keyword.
+    parser.error(f'{", ".join(wrong)}: not an option of {dataset}.')
   for name in args.names:
     if args.save_as:
       name = f'{name.partition("/")[0]}/{args.save_as}'  # the config name

@@ -366,15 +366,37 @@ def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size:
   ds = ds.map(Tokenize.from_config(tokenizer_file, data_config))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.num_threads,
                                             prefetch_buffer_size=data_config.prefetch))
-  ds = CountFaults(ds).map(functools.partial(_keep_numeric, extra=keys))
-  ds = ds.batch(batch_size, drop_remainder=False)
-  for batch in ds:
-    real = len(batch['video'])
-    batch['mask'] = np.arange(batch_size) < real
-    if real < batch_size:
-      pad = lambda x, n=batch_size - real: np.concatenate([x, np.repeat(x[-1:], n, axis=0)])
-      batch = {k: (v if k == 'mask' else pad(v)) for k, v in batch.items()}
-    yield batch
+  # Counted here rather than by CountFaults: a finite pass must also count the records
+  # skipped after its last kept one (they go to the last real row).
+  rows, counts, previous = [], np.zeros((len(faults.COUNTED),), np.int32), None
+  for element in ds:
+    if element.get('_skipped'):
+      counts += faults.counts_vector(element['_skipped'])
+      continue
+    row = _keep_numeric({**element, FAULTS_KEY: counts + faults.counts_vector(
+        fixed=element.get('_fixed', ()))}, keys)
+    rows, counts = rows + [row], np.zeros_like(counts)
+    if len(rows) == batch_size:
+      if previous is not None:
+        yield previous
+      previous, rows = _padded_batch(rows, batch_size), []
+  if rows:
+    if previous is not None:
+      yield previous
+    previous = _padded_batch(rows, batch_size)
+  if previous is not None:
+    previous[FAULTS_KEY][previous['mask'].sum() - 1] += counts
+    yield previous
+
+
+def _padded_batch(rows: list[dict[str, np.ndarray]], batch_size: int) -> dict[str, np.ndarray]:
+  """Stacked rows padded to `batch_size` by repeating the last (with no fault counts); `mask`
+  marks the real ones."""
+  padding = batch_size - len(rows)
+  blank = {**rows[-1], FAULTS_KEY: np.zeros_like(rows[-1][FAULTS_KEY])}
+  batch = {k: np.stack([r[k] for r in rows + [blank] * padding]) for k in rows[0]}
+  batch['mask'] = np.arange(batch_size) < len(rows)
+  return batch
 
 
 def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
