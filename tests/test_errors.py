@@ -104,6 +104,9 @@ CASES = {
                     "'sequence'"),
     'ring_block_size': (WORLD, RING + ['model.block_size=48'], ValueError,
                         'per-device length 128 is not divisible by block_size 48'),
+    'lm_batch_vs_data_parallel': (WORLD, ['batch_size=12'], ValueError,
+                                  'batch_size=12 is not divisible by the 8 devices of the batch '
+                                  "mesh axes {'data': 8, 'fsdp': 1}"),
     'ring_layout': (WORLD, ['mesh.sequence=2', 'mesh.data=4', 'sequence_layout=spiral'],
                     ValueError, "layout must be 'contiguous' or 'zigzag', got 'spiral'"),
 }
@@ -124,6 +127,30 @@ def test_config_error_names_what_is_wrong(name):
   spec, overrides, error, message = CASES[name]
   with pytest.raises(error, match=re.escape(message)):
     build_and_trace(config_lib.load(spec, overrides))
+
+
+@pytest.mark.parametrize('overrides', [['batch_size=12'], ['model.video.tubelet=(3, 8, 8)'],
+                                       ['mesh.data=3']])
+def test_config_errors_come_before_any_data_or_compilation(tmp_path, monkeypatch, overrides):
+  """The trainer validates a config by laying out the train state before it starts the input
+  pipeline (worker processes, file reads) or compiles anything."""
+  def must_not_run(*args, **kwargs):
+    raise AssertionError('reached before the config error')
+
+  monkeypatch.setattr(train, 'train_input', must_not_run)
+  monkeypatch.setattr(train, 'make_train_step', must_not_run)
+  config = config_lib.load(TWO_TOWER, overrides)
+  with pytest.raises(ValueError, match='divisible|needs 3 devices'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_unknown_key_suggests_the_close_ones():
+  with pytest.raises(ConfigError, match=r"Unknown config key 'totl_steps'; did you mean "
+                                        r"'total_steps'\?"):
+    config_lib.load(TWO_TOWER, ['totl_steps=3'])
+  with pytest.raises(ConfigError, match=r"Unknown config key 'data.num_frame'; did you mean "
+                                        r"'num_frames'"):
+    config_lib.load(TWO_TOWER, ['data.num_frame=3'])
 
 
 def test_unknown_mesh_axis_is_named():

@@ -4,6 +4,7 @@ applies `key=value` overrides and fails on unknown keys by name."""
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import json
 import os
@@ -91,10 +92,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     for i, name in enumerate(parents):
       if not isinstance(node, ml_collections.ConfigDict) or name not in node:
         raise ConfigError(f'Unknown config key {".".join(parents[:i + 1])!r} '
-                          f'(in override {dotted}).')
+                          f'(in override {dotted}){_did_you_mean(node, name)}.')
       node = node[name]
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      raise ConfigError(f'Unknown config key {dotted!r}.')
+      raise ConfigError(f'Unknown config key {dotted!r}{_did_you_mean(node, leaf)}.')
     if isinstance(value, str) and not isinstance(node[leaf], str):
       try:
         value = (_literal_or_str(value) if node[leaf] is None or value == 'None'
@@ -103,6 +104,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
         raise ConfigError(f'Override {dotted}={value}: expected a '
                           f'{type(node[leaf]).__name__} like {node[leaf]!r}.') from e
     node[leaf] = value
+
+
+def _did_you_mean(node: Any, name: str) -> str:
+  keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+  close = difflib.get_close_matches(name, keys, n=3)
+  return f'; did you mean {" or ".join(repr(k) for k in close)}?' if close else ''
 
 
 def _literal_or_str(text: str) -> Any:

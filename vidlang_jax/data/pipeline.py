@@ -399,14 +399,19 @@ def _padded_batch(rows: list[dict[str, np.ndarray]], batch_size: int) -> dict[st
   return batch
 
 
-def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
-               mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes, dtypes and shardings of one global training batch, without reading any data."""
+def check_batch_divides(global_batch_size: int, mesh: jax.sharding.Mesh) -> None:
+  """Every device of the batch axes (data x fsdp) takes an equal share of the batch."""
   data_parallel = {axis: mesh.shape[axis] for axis in BATCH_AXES}
   if global_batch_size % math.prod(data_parallel.values()):
     raise ValueError(f'batch_size={global_batch_size} is not divisible by the '
                      f'{math.prod(data_parallel.values())} devices of the batch mesh axes '
                      f'{data_parallel}: each takes an equal share of the batch.')
+
+
+def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
+               mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes, dtypes and shardings of one global training batch, without reading any data."""
+  check_batch_divides(global_batch_size, mesh)
   size, frames = data_config.image_size, data_config.num_frames
   shapes = {'video': ((global_batch_size, frames, size, size, 3), np.float32),
             'text': ((global_batch_size, data_config.max_text_len), np.int32)}

@@ -385,6 +385,7 @@ def packed_rows(data_config: ml_collections.ConfigDict, cache: Any,
 
 def batch_spec(data_config: ml_collections.ConfigDict, global_batch_size: int,
                mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  pipeline.check_batch_divides(global_batch_size, mesh)
   shape = (global_batch_size, data_config.sequence_length)
   dtypes = dict(inputs=np.int32, targets=np.int32, weights=np.float32, modality=np.int32,
                 segment_ids=np.int32, positions=np.int32)
