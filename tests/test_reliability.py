@@ -32,10 +32,10 @@ OVERRIDES = ('data.name=moving_shapes/tiny', 'log_every=1', 'checkpoint_every=2'
              'peak_flops_per_device=1e11')
 
 
-def command(data_dir, workdir, total_steps, *extra):
+def command(data_dir, workdir, total_steps, *extra, spec=TWO_TOWER, overrides=OVERRIDES):
   return [sys.executable, '-m', 'vidlang_jax', 'train', '--config',
-          os.path.join(ROOT, TWO_TOWER), '--workdir', workdir, '--data_dir', data_dir,
-          f'--config.total_steps={total_steps}', *(f'--config.{o}' for o in OVERRIDES), *extra]
+          os.path.join(ROOT, spec), '--workdir', workdir, '--data_dir', data_dir,
+          f'--config.total_steps={total_steps}', *(f'--config.{o}' for o in overrides), *extra]
 
 
 def start(cmd, log_path):
@@ -59,11 +59,13 @@ def records(workdir):
     return [json.loads(line) for line in f]
 
 
-def wait_for_step(process, workdir, step, timeout=300):
+def wait_for_step(process, workdir, step, log, timeout=300):
   """Until metrics.jsonl shows `step` (the process is then somewhere after it)."""
   path, deadline = os.path.join(workdir, 'metrics.jsonl'), time.monotonic() + timeout
   while time.monotonic() < deadline:
-    assert process.poll() is None, 'the run ended before it could be interrupted'
+    if process.poll() is not None:
+      with open(log.name) as f:
+        raise AssertionError(f'the run ended before step {step}: {f.read()[-3000:]}')
     if os.path.exists(path):
       with open(path) as f:
         steps = [json.loads(line)['step'] for line in f if line.endswith('\n')]
@@ -73,9 +75,9 @@ def wait_for_step(process, workdir, step, timeout=300):
   raise TimeoutError(f'step {step} not logged in {timeout} s')
 
 
-def reference_run(data_dir, workdir, total_steps):
+def reference_run(data_dir, workdir, total_steps, spec=TWO_TOWER, overrides=OVERRIDES):
   """The uninterrupted run, in this process: its losses and final params."""
-  config = config_lib.load(f'{TWO_TOWER},steps={total_steps}', list(OVERRIDES))
+  config = config_lib.load(spec, [f'total_steps={total_steps}', *overrides])
   config.data.data_dir = data_dir
   train.train_and_evaluate(config, workdir)
   losses = {r['step']: r['loss'] for r in records(workdir) if 'loss' in r}
@@ -88,14 +90,14 @@ def assert_params_equal(workdir, expected):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_sigkill_at_a_random_step_then_rerun_resumes_bitwise(tiny_data_dir, tmp_path):
-  total = 10
-  expected_losses, expected_params = reference_run(tiny_data_dir, str(tmp_path / 'ref'), total)
-  kill_after = random.randint(3, 8)
+def assert_sigkill_then_rerun_is_bitwise(data_dir, tmp_path, spec, overrides, total=10):
+  expected_losses, expected_params = reference_run(data_dir, str(tmp_path / 'ref'), total,
+                                                   spec, overrides)
+  kill_after = random.randint(3, total - 2)
   workdir = str(tmp_path / 'killed')
-  cmd = command(tiny_data_dir, workdir, total)
+  cmd = command(data_dir, workdir, total, spec=spec, overrides=overrides)
   process, log = start(cmd, tmp_path / 'killed.log')
-  wait_for_step(process, workdir, kill_after)
+  wait_for_step(process, workdir, kill_after, log)
   process.send_signal(signal.SIGKILL)  # no handler runs: a save may be cut half-way
   finish(process, log)
   saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
@@ -113,12 +115,47 @@ def test_sigkill_at_a_random_step_then_rerun_resumes_bitwise(tiny_data_dir, tmp_
   assert_params_equal(workdir, expected_params)
 
 
+def test_sigkill_at_a_random_step_then_rerun_resumes_bitwise(tiny_data_dir, tmp_path):
+  assert_sigkill_then_rerun_is_bitwise(tiny_data_dir, tmp_path, TWO_TOWER, OVERRIDES)
+
+
+SMALL_RUN = ('data.name=moving_shapes/tiny', 'log_every=1', 'checkpoint_every=2',
+             'eval_every=1000', 'peak_flops_per_device=1e11', 'data.num_workers=0')
+
+
+@pytest.mark.faults
+def test_masked_video_resumes_bitwise_with_its_masks(tiny_data_dir, tmp_path):
+  """Masks are drawn from the step's key, so the redone steps mask the same tubes."""
+  overrides = SMALL_RUN + ('batch_size=16', 'model.video.depth=1', 'model.decoder.depth=1',
+                           'evals.probe.train_examples=64', 'evals.probe.batch_size=32',
+                           'evals.recon.num_examples=16', 'evals.recon.batch_size=16')
+  assert_sigkill_then_rerun_is_bitwise(tiny_data_dir, tmp_path, 'configs/masked_video.py:tiny',
+                                       overrides)
+
+
+@pytest.mark.faults
+def test_world_model_resumes_bitwise_with_packed_rows_and_needles(tiny_data_dir, tmp_path):
+  """The packed rows and the needle rows continue from the saved iterator state."""
+  tokenizer = config_lib.load('configs/video_tokenizer.py:tiny', [
+      'total_steps=2', 'log_every=1', 'checkpoint_every=2', 'batch_size=8',
+      'peak_flops_per_device=1e11', 'data.name=moving_shapes/tiny', 'data.num_workers=0',
+      'evals.video_tokenizer.num_examples=8', 'evals.video_tokenizer.batch_size=8'])
+  tokenizer.data.data_dir = tiny_data_dir
+  train.train_and_evaluate(tokenizer, str(tmp_path / 'tokenizer'))
+  overrides = SMALL_RUN + ('batch_size=8', 'model.depth=1',
+                           'evals.needle.samples=1', 'evals.perplexity.num_examples=16',
+                           'evals.perplexity.batch_size=8', 'evals.captioning.num_examples=16',
+                           'evals.captioning.batch_size=8', 'evals.text_to_video.num_samples=2')
+  spec = f'configs/world_model.py:tiny,stage=1,tokenizer={tmp_path / "tokenizer"}'
+  assert_sigkill_then_rerun_is_bitwise(tiny_data_dir, tmp_path, spec, overrides)
+
+
 @pytest.mark.faults
 def test_sigterm_saves_exits_0_and_the_rerun_resumes(tiny_data_dir, tmp_path):
   workdir, total = str(tmp_path / 'run'), 200
   cmd = command(tiny_data_dir, workdir, total, '--config.checkpoint_every=50')
   process, log = start(cmd, tmp_path / 'first.log')
-  wait_for_step(process, workdir, 2)
+  wait_for_step(process, workdir, 2, log)
   process.send_signal(signal.SIGTERM)
   status, output = finish(process, log)
   assert status == 0, output[-3000:]
@@ -156,7 +193,7 @@ class PoisonedInput(grain.DatasetIterator):
 
 
 def poisoned_run(data_dir, workdir, monkeypatch, steps, **overrides):
-  config = config_lib.load(f'{TWO_TOWER},steps=8', list(OVERRIDES))
+  config = config_lib.load(TWO_TOWER, ['total_steps=8', *OVERRIDES])
   config.data.update(data_dir=data_dir, num_workers=0)
   config.update(checkpoint_every=1, keep_checkpoints=20, **overrides)
   real = train.train_input
