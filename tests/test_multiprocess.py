@@ -133,3 +133,27 @@ def test_sigterm_to_one_process_stops_all_at_one_step(tiny_data_dir, tmp_path):
   assert output.count(f'Stopped by SIGTERM after step {stopped};') == 2, output[-4000:]
   data_state = os.listdir(os.path.join(workdir, 'checkpoints', str(stopped), 'data'))
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(data_state)
+
+
+SUM_FAULTS = '''
+import numpy as np
+from vidlang_jax import distributed, guards
+from vidlang_jax.data import faults
+distributed.initialize()
+import jax
+tally = guards.FaultTally(1.0, global_batch_size=16, start_step=0)
+process = jax.process_index()
+# Each process's batch counts: process p skipped p + 1 corrupt clips and fixed one short clip.
+tally.add(np.stack([faults.counts_vector('corrupt_video')] * (process + 1)
+                   + [faults.counts_vector(fixed=('short_clip',))]))
+tally.flush(step=2)
+print('totals', process, tally.metrics()['data/skipped_corrupt_video'],
+      tally.metrics()['data/fixed_short_clip'], tally.window_examples)
+'''
+
+
+def test_fault_counts_are_summed_over_processes():
+  """Every process logs the same totals: its own counts plus the others' (an all-gather at the
+  steps every process flushes)."""
+  output = run([LAUNCHER, '-n', '2', '-d', '1', '--', sys.executable, '-c', SUM_FAULTS])
+  assert '[0/2] totals 0 3 2 32' in output and '[1/2] totals 1 3 2 32' in output, output
