@@ -129,14 +129,16 @@ def test_csv_bad_records(tmp_path):
       b'clips/g3.mp4,three,\n',  # 9: empty label
       b'clips/g3.mp4,three,right\n',
       b'clips/gone.mp4,missing,left\n',  # 11
+      b'clips/folder.mp4,a folder,left\n',  # 12: exists, cannot be read as a file
   ]))
+  (tmp_path / 'src' / 'clips' / 'folder.mp4').mkdir()
   builder = builders.prepare('video_text_folder', str(tmp_path / 'data'),
                              source_dir=str(tmp_path / 'src'), label_columns=('action',))
   summary = builder.build_summary
   assert summary['skipped_by_kind'] == {'bad_row': 2, 'empty_label': 1, 'missing_column': 1,
-                                        'missing_file': 1}
+                                        'missing_file': 1, 'unreadable_file': 1}
   assert _kinds(summary) == {3: 'bad_row', 7: 'missing_column', 8: 'bad_row',
-                             9: 'empty_label', 11: 'missing_file'}
+                             9: 'empty_label', 11: 'missing_file', 12: 'unreadable_file'}
   assert sorted(_all_records(builder)) == ['clips/g0.mp4', 'clips/g1.mp4', 'clips/g2.mp4',
                                            'clips/g3.mp4']
   assert _all_records(builder)['clips/g2.mp4']['caption'] == b'two\nlines'
