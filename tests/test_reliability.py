@@ -277,3 +277,19 @@ def test_disk_full_fails_loudly_and_keeps_the_last_good_checkpoint(tiny_data_dir
   assert status == 0, output[-3000:]
   assert f'Resumed from {moved}/checkpoints at step 2.' in output
   assert [r['step'] for r in records(moved) if 'loss' in r] == list(range(1, 7))
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+  from vidlang_jax.metrics import MetricWriter
+
+  writer = MetricWriter(tmp_path)
+  for step in (1, 2, 3):
+    writer.write(step, {'loss': float(step)})
+  writer.close()
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 4, "lo')  # the process died inside this write
+  writer = MetricWriter(tmp_path)
+  writer.drop_after(2)
+  writer.write(3, {'loss': 3.5})
+  writer.close()
+  assert [(r['step'], r['loss']) for r in records(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 3.5)]

@@ -18,6 +18,14 @@ def to_python(value: Any) -> Any:
   return value
 
 
+def _step_of(line: str) -> float:
+  """A record's step; a line cut short by a killed process is dropped (its step is redone)."""
+  try:
+    return json.loads(line)['step']
+  except (json.JSONDecodeError, KeyError):
+    return float('inf')
+
+
 class MetricWriter:
   """Writes from process 0 only; other processes get a no-op writer.
 
@@ -45,7 +53,7 @@ class MetricWriter:
     if not self.remote:
       self.jsonl.close()
       self.lines = self.path.read_text(encoding='utf-8').splitlines(keepends=True)
-    self.lines = [line for line in self.lines if json.loads(line)['step'] <= step]
+    self.lines = [line for line in self.lines if _step_of(line) <= step]
     self.path.write_text(''.join(self.lines), encoding='utf-8')
     if not self.remote:
       self.jsonl = self.path.open('a', encoding='utf-8')
