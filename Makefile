@@ -43,13 +43,13 @@ demo: $(STAMP)
 	$(BIN)/vidlang data moving_shapes/small
 	$(BIN)/vidlang train --config configs/two_tower.py:tiny --workdir $(WORKDIR)
 
-# Fast suite (~12 min on 2 CPU cores with 2 workers); slow tests are marked, run by test-all.
+# Fast suite (~16 min on 2 CPU cores with 2 workers); slow tests are marked, run by test-all.
 # The hf tests (parity against transformers) need torch: `make test-hf` installs it and runs them.
 test: $(STAMP)
 	$(PYTEST) -m 'not slow and not hf and not gcs and not tpu and not faults'
 
 # Faults injected into real runs (SIGTERM to one of two processes, a full disk, every family
-# killed and resumed; ~8 min); .ci/run runs it.
+# killed and resumed; ~6 min); .ci/run runs it.
 test-faults: $(STAMP)
 	$(PYTEST) -m faults
 

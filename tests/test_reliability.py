@@ -90,6 +90,11 @@ def assert_params_equal(workdir, expected):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def committed_steps(workdir):
+  folder = os.path.join(workdir, 'checkpoints')
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+
+
 def assert_sigkill_then_rerun_is_bitwise(data_dir, tmp_path, spec, overrides, total=10):
   expected_losses, expected_params = reference_run(data_dir, str(tmp_path / 'ref'), total,
                                                    spec, overrides)
@@ -98,10 +103,12 @@ def assert_sigkill_then_rerun_is_bitwise(data_dir, tmp_path, spec, overrides, to
   cmd = command(data_dir, workdir, total, spec=spec, overrides=overrides)
   process, log = start(cmd, tmp_path / 'killed.log')
   wait_for_step(process, workdir, kill_after, log)
+  while not committed_steps(workdir):  # saves are asynchronous: wait for one to resume from
+    assert process.poll() is None, 'the run ended before a checkpoint was committed'
+    time.sleep(0.05)
   process.send_signal(signal.SIGKILL)  # no handler runs: a save may be cut half-way
   finish(process, log)
-  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
-                 if d.isdigit())
+  saved = committed_steps(workdir)
   assert saved and saved[-1] < total, (kill_after, saved)
 
   process, log = start(cmd, tmp_path / 'rerun.log')
@@ -165,11 +172,27 @@ def test_sigterm_saves_exits_0_and_the_rerun_resumes(tiny_data_dir, tmp_path):
           f'{stopped} saved.') in output
   assert os.listdir(os.path.join(workdir, 'checkpoints', str(stopped), 'data'))
 
-  process, log = start(cmd, tmp_path / 'rerun.log')
+  # The rerun also saves by the clock (every 3 s) between the step checkpoints (every 50).
+  process, log = start(cmd + ['--config.checkpoint_every_minutes=0.05'], tmp_path / 'rerun.log')
   status, output = finish(process, log)
   assert status == 0, output[-3000:]
   assert f'Resumed from {workdir}/checkpoints at step {stopped}.' in output
   assert [r['step'] for r in records(workdir) if 'loss' in r] == list(range(1, total + 1))
+  saved = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
+  assert total in saved and any(step % 50 for step in saved if step != total), saved
+
+
+def test_save_clock_is_due_every_interval(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(guards.time, 'monotonic', lambda: now[0])
+  clock = guards.SaveClock(minutes=2)
+  now[0] += 119
+  assert not clock.due()
+  now[0] += 1
+  assert clock.due()
+  clock.saved()
+  assert not clock.due()
+  assert not guards.SaveClock(minutes=0).due()  # off
 
 
 class PoisonedInput(grain.DatasetIterator):
