@@ -220,7 +220,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   On SIGTERM it finishes the step, saves a checkpoint and returns (see docs/reliability.md).
   """
   # ---------------------------------------------------------------- logging
-  preemption = distributed.PreemptionWatch()  # first: a SIGTERM while compiling is kept too
   workdir = paths.path(workdir)  # a local folder or gs://bucket/...
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -301,6 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          disable=jax.process_index() != 0, dynamic_ncols=True)
     window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
     preempted = False
+    preemption = distributed.PreemptionWatch()  # from here on SIGTERM saves and stops
     try:
       for step in range(start_step + 1, config.total_steps + 1):
         wait_start = time.perf_counter()
