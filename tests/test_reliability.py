@@ -90,12 +90,40 @@ def assert_params_equal(workdir, expected):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def input_workers(pid):
+  """The pids of grain's worker processes started by process `pid`."""
+  found = []
+  for child in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{child}/stat') as f:
+        parent = int(f.read().rsplit(')', 1)[1].split()[1])
+      with open(f'/proc/{child}/cmdline', 'rb') as f:
+        spawned = b'spawn_main' in f.read()
+    except (OSError, ValueError, IndexError):
+      continue
+    if parent == pid and spawned:
+      found.append(int(child))
+  return found
+
+
+def wait_until_gone(pids, timeout=20):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    alive = [p for p in pids if os.path.exists(f'/proc/{p}') and
+             open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z']
+    if not alive:
+      return
+    time.sleep(0.2)
+  raise AssertionError(f'input workers {alive} outlived their killed trainer')
+
+
 def committed_steps(workdir):
   folder = os.path.join(workdir, 'checkpoints')
   return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 
 
-def assert_sigkill_then_rerun_is_bitwise(data_dir, tmp_path, spec, overrides, total=10):
+def assert_sigkill_then_rerun_is_bitwise(data_dir, tmp_path, spec, overrides, total=10,
+                                         num_workers=0):
   expected_losses, expected_params = reference_run(data_dir, str(tmp_path / 'ref'), total,
                                                    spec, overrides)
   kill_after = random.randint(3, total - 2)
@@ -106,8 +134,11 @@ def assert_sigkill_then_rerun_is_bitwise(data_dir, tmp_path, spec, overrides, to
   while not committed_steps(workdir):  # saves are asynchronous: wait for one to resume from
     assert process.poll() is None, 'the run ended before a checkpoint was committed'
     time.sleep(0.05)
+  worker_pids = input_workers(process.pid)
+  assert len(worker_pids) == num_workers, worker_pids
   process.send_signal(signal.SIGKILL)  # no handler runs: a save may be cut half-way
   finish(process, log)
+  wait_until_gone(worker_pids)  # and its input workers exit too, not left orphaned
   saved = committed_steps(workdir)
   assert saved and saved[-1] < total, (kill_after, saved)
 
@@ -123,7 +154,9 @@ def assert_sigkill_then_rerun_is_bitwise(data_dir, tmp_path, spec, overrides, to
 
 
 def test_sigkill_at_a_random_step_then_rerun_resumes_bitwise(tiny_data_dir, tmp_path):
-  assert_sigkill_then_rerun_is_bitwise(tiny_data_dir, tmp_path, TWO_TOWER, OVERRIDES)
+  """With the tiny config's 2 grain worker processes, which exit with the killed trainer."""
+  assert_sigkill_then_rerun_is_bitwise(tiny_data_dir, tmp_path, TWO_TOWER, OVERRIDES,
+                                       num_workers=2)
 
 
 SMALL_RUN = ('data.name=moving_shapes/tiny', 'log_every=1', 'checkpoint_every=2',

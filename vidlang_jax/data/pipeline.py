@@ -13,6 +13,8 @@ import functools
 import logging
 import math
 import os
+import threading
+import time
 from typing import Any, Iterator
 
 import grain
@@ -238,6 +240,21 @@ def _keep_numeric(element: dict[str, Any], extra: tuple[str, ...]) -> dict[str, 
   return {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in out.items()}
 
 
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """grain's worker init: the worker exits once its parent is gone. A trainer killed with
+  SIGKILL (the OOM killer, `kill -9`) runs no clean-up, and its workers, reparented, would
+  otherwise wait on their queues for ever, holding their memory."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(0)
+
+  threading.Thread(target=watch, name='exit_with_parent', daemon=True).start()
+
+
 def _ensure_absl_flags_parsed() -> None:
   """grain's multiprocessing reads absl flags; outside `app.run` they are not parsed yet."""
   from absl import flags
@@ -329,7 +346,8 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict, *, global
   ds = ds.batch(local_batch_size, drop_remainder=True)
   if data_config.num_workers > 0:
     _ensure_absl_flags_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers),
+                        worker_init_fn=exit_with_parent)
   return ds
 
 
