@@ -79,7 +79,7 @@ class Checkpointer:
       with contextlib.suppress(Exception):
         self.manager.reload()  # what is committed on disk, not Orbax's list of this run's saves
       committed = self.steps()
-      message = str(e).strip().splitlines()[0][:2000] if str(e).strip() else type(e).__name__
+      message = _first_line(e, 2000)
       raise CheckpointSaveError(
           f'Saving a checkpoint in {self.directory} failed: {message}. '
           + (f'The committed checkpoints (steps {committed}) are intact: fix the cause (e.g. '
@@ -139,7 +139,7 @@ class Checkpointer:
     return None
 
   def _damaged(self, step: int, error: Exception) -> str:
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    first_line = _first_line(error, 300)
     log.warning('Checkpoint %s/%d is incomplete or damaged (%s: %s); trying an older one.',
                 self.directory, step, type(error).__name__, first_line)
     return f'{step}: {first_line}'
@@ -185,6 +185,11 @@ class Checkpointer:
     finally:
       with contextlib.suppress(Exception):  # its error, if any, was raised just above
         self.manager.close()
+
+
+def _first_line(error: Exception, limit: int) -> str:
+  """An error's first line (Orbax and TensorStore append pages of detail), or its type."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
 
 
 RELEASE_PARAMS = 'params'  # a release's params-only Orbax checkpoint, see vidlang_jax/release.py

@@ -56,7 +56,10 @@ class FaultTally:
     self.pending += np.asarray(batch_counts).sum(axis=0)
 
   def flush(self, step: int) -> None:
-    """Counts everything read up to `step` (the steps since the last flush)."""
+    """Counts everything read up to `step` (the steps since the last flush); a second flush
+    at the same step (a logged step that also saves) has nothing to add."""
+    if step == self.flushed_step:
+      return
     window = _sum_over_processes(self.pending)
     self.pending[:] = 0
     self.totals += window
@@ -67,9 +70,9 @@ class FaultTally:
   def check(self, step: int) -> None:
     """Raises DataFaultError when the window's bad fraction exceeds the limit; starts a new
     window."""
-    skipped = int(self.window[:len(faults.RECORD_SKIPS)].sum())
-    read = skipped + self.window_examples
     window = dict(zip(faults.RECORD_SKIPS, self.window[:len(faults.RECORD_SKIPS)].tolist()))
+    skipped = sum(window.values())
+    read = skipped + self.window_examples
     self.window[:], self.window_examples = 0, 0
     if read and skipped / read > self.max_bad_fraction:
       kinds = ', '.join(f'{k} {n}' for k, n in window.items() if n)
@@ -80,9 +83,7 @@ class FaultTally:
           'data.max_bad_fraction.')
 
   def metrics(self) -> dict[str, int]:
-    values = dict(zip(faults.metric_names(), self.totals.tolist()))
-    values['data_skipped'] = int(self.totals[:len(faults.RECORD_SKIPS)].sum())
-    return values
+    return {**self.counters(), 'data_skipped': int(self.totals[:len(faults.RECORD_SKIPS)].sum())}
 
   def counters(self) -> dict[str, int]:
     return dict(zip(faults.metric_names(), self.totals.tolist()))
