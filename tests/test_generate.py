@@ -159,3 +159,15 @@ def test_objective_on_sequence_and_data_mesh_equals_one_device():
   assert abs(loss - ref_loss) < 1e-4, (loss, ref_loss)
   for key in ('text_loss', 'video_loss', 'accuracy'):
     assert abs(float(metrics[key]) - float(ref_metrics[key])) < 1e-4, key
+
+
+def test_accuracy_is_argmax_accuracy_with_ties():
+  """The accuracy metric counts a token right exactly when argmax (the first largest logit)
+  is the target, on logits with many ties."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.integers(0, 3, (2, 64, 11)).astype(np.float32))
+  targets = jnp.asarray(rng.integers(0, 11, (2, 64)))
+  weights = jnp.ones((2, 64))
+  _, metrics = weighted_next_token_loss(logits, targets, weights, jnp.zeros((2, 64), jnp.int32))
+  expected = np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(targets))
+  np.testing.assert_allclose(metrics['accuracy'], expected, rtol=1e-6)

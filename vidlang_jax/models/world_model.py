@@ -27,13 +27,22 @@ from vidlang_jax.ops.ring_attention import layout_permutation, ring_attention
 Dtype = Any
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding of `[batch, length, heads, head_dim]` at `positions`
-  `[batch, length]` (rotate-half convention, as LLaMA / LWM)."""
-  half = x.shape[-1] // 2
+def rope_table(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """(cos, sin) `[batch, length, 1, head_dim // 2]` fp32 of the rotary angles at `positions`
+  `[batch, length]`: computed once per forward pass and shared by every layer (XLA fused the
+  cosines into each layer's q and k, evaluating them per head, twice per layer)."""
+  half = head_dim // 2
   freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [half]
   angles = positions.astype(jnp.float32)[..., None] * freqs  # [batch, length, half]
-  cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+  return jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+
+
+def rope(x: jax.Array, positions: jax.Array | tuple[jax.Array, jax.Array],
+         theta: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding of `[batch, length, heads, head_dim]` at `positions`
+  `[batch, length]` or at a precomputed `rope_table` (rotate-half convention, as LLaMA / LWM)."""
+  cos, sin = (positions if isinstance(positions, tuple)
+              else rope_table(positions, x.shape[-1], theta))
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
@@ -61,13 +70,16 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+               angles: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     width = x.shape[-1]
     head_dim = width // self.num_heads
     proj = lambda heads, name: layers.DenseND((heads, head_dim), ('embed', 'heads', 'kv'),
                                               dtype=self.dtype, name=name)
-    q = rope(proj(self.num_heads, 'query')(x), positions, self.rope_theta)
-    k = rope(proj(self.num_kv_heads, 'key')(x), positions, self.rope_theta)
+    if angles is None:
+      angles = rope_table(positions, head_dim, self.rope_theta)
+    q = rope(proj(self.num_heads, 'query')(x), angles)
+    k = rope(proj(self.num_kv_heads, 'key')(x), angles)
     v = proj(self.num_kv_heads, 'value')(x)
     q = layers.constrain(q, 'batch', 'length', 'heads', 'kv')
     if self.decode:
@@ -128,11 +140,11 @@ class DecoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids):
+  def __call__(self, x, positions, segment_ids, angles=None):
     norm = lambda name: RMSNorm(self.norm_eps, self.dtype, name=name)
     y = Attention(self.num_heads, self.num_kv_heads, self.rope_theta, self.attention,
                   self.block_size, self.decode, self.dtype, name='attn')(
-                      norm('norm_attn')(x), positions, segment_ids)
+                      norm('norm_attn')(x), positions, segment_ids, angles)
     x = layers.constrain(x + y, 'batch', 'length', 'embed')
     y = SwiGLU(self.mlp_dim, self.dtype, name='mlp')(norm('norm_mlp')(x))
     return layers.constrain(x + y, 'batch', 'length', 'embed'), None
@@ -173,8 +185,10 @@ class WorldModel(nn.Module):
         nn.initializers.normal(0.02), 'vocab', 'embed'), (self.vocab_size, self.width))
     x = layers.constrain(jnp.take(embedding, tokens, axis=0).astype(self.dtype),
                          'batch', 'length', 'embed')
+    # The rotary angles of every layer, computed once.
+    angles = rope_table(positions, self.width // self.num_heads, self.rope_theta)
     x = layers.stack_blocks(
-        DecoderBlock, x, positions, segment_ids, depth=self.depth, scan=self.scan,
+        DecoderBlock, x, positions, segment_ids, angles, depth=self.depth, scan=self.scan,
         remat=self.remat, collections=('params', 'cache'), num_heads=self.num_heads,
         num_kv_heads=self.num_kv_heads or self.num_heads, mlp_dim=self.mlp_dim,
         rope_theta=self.rope_theta, attention=self.attention, block_size=self.block_size,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 
+import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,16 +61,22 @@ def causal_tiles_per_device(length: int, num_shards: int, block: int, layout: st
 
 
 # ----------------------------------------------------------------------------- one tile
+#
+# Inside the kernel every tensor is head-major: q and o `[b, kvh, g, L, d]`, k and v
+# `[b, kvh, L, d]`, the softmax statistics `[b, kvh, g, L]`. Each tile's products are then
+# plain batched matmuls over `(b, kvh)` with the g query heads of a kv head stacked as rows; in
+# the token-major layout of the model XLA:CPU transposed every operand of every tile, which took
+# more than half the kernel's time.
 
 
-def _tile_logits(q, k, q_pos, kv_pos, q_seg, kv_seg, causal, scale):
-  """q `[b, bq, kvh, g, d]`, k `[b, bk, kvh, d]` -> masked fp32 logits `[b, kvh, g, bq, bk]`
-  and the boolean mask."""
-  s = jnp.einsum('bqhgd,bkhd->bhgqk', q, k, preferred_element_type=jnp.float32) * scale
+def _tile_logits(q, k, q_pos, kv_pos, q_seg, kv_seg, causal):
+  """q `[b, kvh, g, bq, d]` (already scaled), k `[b, kvh, bk, d]` -> masked fp32 logits
+  `[b, kvh, g, bq, bk]` and the boolean mask `[b, 1, 1, bq, bk]`."""
+  s = jnp.einsum('bhgqd,bhkd->bhgqk', q, k, preferred_element_type=jnp.float32)
   mask = (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
   if causal:
     mask &= q_pos[:, :, None] >= kv_pos[:, None, :]
-  mask = mask[:, None, None]  # [b, 1, 1, bq, bk]
+  mask = mask[:, None, None]
   return jnp.where(mask, s, NEG_INF), mask
 
 
@@ -85,30 +92,35 @@ def _skip(q_pos, kv_pos, q_seg, kv_seg, causal):
   return jnp.all(disjoint)
 
 
-def _split(x, block, axis=1):
-  """`[b, L, ...]` -> `[L // block, b, block, ...]`."""
+def _split(x, block, axis):
+  """Splits the length axis `axis` into tiles: `[..., L, ...]` -> `[L // block, ..., block,
+  ...]`."""
   shape = x.shape
   x = x.reshape(shape[:axis] + (shape[axis] // block, block) + shape[axis + 1:])
   return jnp.moveaxis(x, axis, 0)
 
 
-def _merge(x, axis=1):
+def _merge(x, axis):
   """Inverse of `_split`."""
   x = jnp.moveaxis(x, 0, axis)
   return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
 
 
+# Length axes: q, o, do `[b, kvh, g, L, d]`: 3; k, v `[b, kvh, L, d]`: 2; softmax statistics
+# `[b, kvh, g, L]`: 3; positions and segments `[b, L]`: 1.
+_Q, _KV, _STAT, _TOKEN = 3, 2, 3, 1
+
+
 # ----------------------------------------------------------------------------- forward
 
 
-def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, scale, block_q,
-                   block_kv):
-  """Online-softmax update of `acc = (o, m, l)` for the local queries against one kv shard.
-  o `[b, Lq, kvh, g, d]`, m and l `[b, kvh, g, Lq]`, all fp32. Also returns how many tiles
-  were computed (not skipped), the kernel's own count of its work.
+def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, block_q, block_kv):
+  """Online-softmax update of `acc = (o, m, l)` for the local (scaled) queries against one kv
+  shard. o `[b, kvh, g, Lq, d]`, m and l `[b, kvh, g, Lq]`, all fp32. Also returns how many
+  tiles were computed (not skipped), the kernel's own count of its work.
   """
-  kv_tiles = (_split(k, block_kv), _split(v, block_kv), _split(kv_pos, block_kv),
-              _split(kv_seg, block_kv))
+  kv_tiles = (_split(k, block_kv, _KV), _split(v, block_kv, _KV),
+              _split(kv_pos, block_kv, _TOKEN), _split(kv_seg, block_kv, _TOKEN))
 
   def per_q_tile(args):
     o, m, l, q_t, qp, qs = args
@@ -118,14 +130,14 @@ def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, scale,
 
       def compute(carry):
         o, m, l, computed = carry
-        s, mask = _tile_logits(q_t, k_t, qp, kp, qs, ks, causal, scale)
+        s, mask = _tile_logits(q_t, k_t, qp, kp, qs, ks, causal)
         m_new = jnp.maximum(m, s.max(-1))
         p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
         correction = jnp.exp(m - m_new)
         l = l * correction + p.sum(-1)
-        pv = jnp.einsum('bhgqk,bkhd->bqhgd', p.astype(v_t.dtype), v_t,
+        pv = jnp.einsum('bhgqk,bhkd->bhgqd', p.astype(v_t.dtype), v_t,
                         preferred_element_type=jnp.float32)
-        o = o * jnp.moveaxis(correction, -1, 1)[..., None] + pv
+        o = o * correction[..., None] + pv
         return o, m_new, l, computed + 1
 
       return lax.cond(_skip(qp, kp, qs, ks, causal), lambda c: c, compute, carry), None
@@ -134,9 +146,10 @@ def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, scale,
     return carry
 
   o, m, l = acc
-  out = lax.map(per_q_tile, (_split(o, block_q), _split(m, block_q, 3), _split(l, block_q, 3),
-                             _split(q, block_q), _split(q_pos, block_q), _split(q_seg, block_q)))
-  return (_merge(out[0]), _merge(out[1], 3), _merge(out[2], 3)), out[3].sum()
+  out = lax.map(per_q_tile, (_split(o, block_q, _Q), _split(m, block_q, _STAT),
+                             _split(l, block_q, _STAT), _split(q, block_q, _Q),
+                             _split(q_pos, block_q, _TOKEN), _split(q_seg, block_q, _TOKEN)))
+  return (_merge(out[0], _Q), _merge(out[1], _STAT), _merge(out[2], _STAT)), out[3].sum()
 
 
 def _ring_permute(x, axis_name, size):
@@ -144,18 +157,18 @@ def _ring_permute(x, axis_name, size):
 
 
 def _ring_forward(q, k, v, q_pos, q_seg, *, axis_name, size, causal, block_q, block_kv):
-  """Per-device body: q `[b, Lq, kvh, g, d]`; returns (out, logsumexp `[b, kvh, g, Lq]`, tiles
+  """Per-device body: q `[b, kvh, g, Lq, d]`; returns (out, logsumexp `[b, kvh, g, Lq]`, tiles
   computed)."""
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  b, lq, kvh, g, d = q.shape
-  acc = (jnp.zeros((b, lq, kvh, g, d), jnp.float32),
+  b, kvh, g, lq, d = q.shape
+  q_scaled = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)  # once, not on every tile's logits
+  acc = (jnp.zeros((b, kvh, g, lq, d), jnp.float32),
          jnp.full((b, kvh, g, lq), NEG_INF, jnp.float32),
          jnp.zeros((b, kvh, g, lq), jnp.float32))
 
   def step(carry, _):
     acc, computed, k, v, kv_pos, kv_seg = carry
-    acc, tiles = _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, causal=causal,
-                                scale=scale, block_q=block_q, block_kv=block_kv)
+    acc, tiles = _forward_shard(acc, q_scaled, k, v, q_pos, kv_pos, q_seg, kv_seg,
+                                causal=causal, block_q=block_q, block_kv=block_kv)
     k, v, kv_pos, kv_seg = (_ring_permute(x, axis_name, size) for x in (k, v, kv_pos, kv_seg))
     return (acc, computed + tiles, k, v, kv_pos, kv_seg), None
 
@@ -163,7 +176,7 @@ def _ring_forward(q, k, v, q_pos, q_seg, *, axis_name, size, causal, block_q, bl
                                     None, length=size)
   o, m, l = acc
   safe_l = jnp.where(l == 0, 1.0, l)  # rows that see nothing (padding) return zeros
-  out = o / jnp.moveaxis(safe_l, -1, 1)[..., None]
+  out = o / safe_l[..., None]
   lse = jnp.where(l == 0, jnp.inf, m + jnp.log(safe_l))
   return out.astype(q.dtype), lse, computed
 
@@ -172,11 +185,12 @@ def _ring_forward(q, k, v, q_pos, q_seg, *, axis_name, size, causal, block_q, bl
 
 
 def _backward_shard(grads, q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, *, causal,
-                    scale, block_q, block_kv):
-  """Adds one kv shard's contribution to (dq, dk, dv), tile by tile."""
+                    block_q, block_kv):
+  """Adds one kv shard's contribution to (dq, dk, dv), tile by tile; q is already scaled."""
   dq, dk, dv = grads
-  kv_tiles = (_split(k, block_kv), _split(v, block_kv), _split(kv_pos, block_kv),
-              _split(kv_seg, block_kv), _split(dk, block_kv), _split(dv, block_kv))
+  kv_tiles = (_split(k, block_kv, _KV), _split(v, block_kv, _KV),
+              _split(kv_pos, block_kv, _TOKEN), _split(kv_seg, block_kv, _TOKEN),
+              _split(dk, block_kv, _KV), _split(dv, block_kv, _KV))
 
   def per_kv_tile(dq, tile):
     k_t, v_t, kp, ks, dk_t, dv_t = tile
@@ -186,13 +200,23 @@ def _backward_shard(grads, q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg
       q_t, do_t, lse_t, delta_t, qp, qs = args
 
       def compute(_):
-        s, mask = _tile_logits(q_t, k_t, qp, kp, qs, ks, causal, scale)
-        p = jnp.where(mask, jnp.exp(s - lse_t[..., None]), 0.0)  # [b, kvh, g, bq, bk]
-        dv_c = jnp.einsum('bhgqk,bqhgd->bkhd', p, do_t.astype(jnp.float32))
-        dp = jnp.einsum('bqhgd,bkhd->bhgqk', do_t, v_t, preferred_element_type=jnp.float32)
-        ds = p * (dp - delta_t[..., None]) * scale
-        dq_c = jnp.einsum('bhgqk,bkhd->bqhgd', ds, k_t.astype(jnp.float32))
-        dk_c = jnp.einsum('bhgqk,bqhgd->bkhd', ds, q_t.astype(jnp.float32))
+        # Transposed tiles `[b, kvh, g, bk, bq]`: dk and dv contract over the queries, which
+        # are then the rows' last axis (no transposes of p and ds); only dq needs ds^T.
+        g = q_t.shape[2]
+        k_g, v_g = (jnp.broadcast_to(x[:, :, None], x.shape[:2] + (g,) + x.shape[2:])
+                    for x in (k_t, v_t))
+        st = jnp.einsum('bhgkd,bhgqd->bhgkq', k_g, q_t, preferred_element_type=jnp.float32)
+        mask = ks[:, :, None] == qs[:, None, :]
+        mask &= qs[:, None, :] != 0
+        if causal:
+          mask &= kp[:, :, None] <= qp[:, None, :]
+        mask = mask[:, None, None]  # [b, 1, 1, bk, bq]
+        pt = jnp.where(mask, jnp.exp(st - lse_t[..., None, :]), 0.0)
+        dv_c = jnp.einsum('bhgkq,bhgqd->bhgkd', pt, do_t.astype(jnp.float32)).sum(2)
+        dpt = jnp.einsum('bhgkd,bhgqd->bhgkq', v_g, do_t, preferred_element_type=jnp.float32)
+        dst = pt * (dpt - delta_t[..., None, :])
+        dk_c = jnp.einsum('bhgkq,bhgqd->bhgkd', dst, q_t.astype(jnp.float32)).sum(2)
+        dq_c = jnp.einsum('bhgkq,bhgkd->bhgqd', dst, k_g.astype(jnp.float32))
         return dq_c, dk_c, dv_c
 
       zeros = (jnp.zeros(q_t.shape, jnp.float32), jnp.zeros(dk_t.shape, jnp.float32),
@@ -202,27 +226,29 @@ def _backward_shard(grads, q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg
 
     (dk_t, dv_t), dq_tiles = lax.scan(
         per_q_tile, (dk_t, dv_t),
-        (_split(q, block_q), _split(do, block_q), _split(lse, block_q, 3),
-         _split(delta, block_q, 3), _split(q_pos, block_q), _split(q_seg, block_q)))
-    return dq + _merge(dq_tiles), (dk_t, dv_t)
+        (_split(q, block_q, _Q), _split(do, block_q, _Q), _split(lse, block_q, _STAT),
+         _split(delta, block_q, _STAT), _split(q_pos, block_q, _TOKEN),
+         _split(q_seg, block_q, _TOKEN)))
+    return dq + _merge(dq_tiles, _Q), (dk_t, dv_t)
 
   dq, (dk_tiles, dv_tiles) = lax.scan(per_kv_tile, dq, kv_tiles)
-  return dq, _merge(dk_tiles), _merge(dv_tiles)
+  return dq, _merge(dk_tiles, _KV), _merge(dv_tiles, _KV)
 
 
 def _ring_backward(q, k, v, q_pos, q_seg, out, lse, do, *, axis_name, size, causal, block_q,
                    block_kv):
   scale = 1.0 / math.sqrt(q.shape[-1])
+  q_scaled = q * jnp.asarray(scale, q.dtype)
   # delta_i = sum_d do_i * o_i  [b, kvh, g, Lq]
-  delta = jnp.einsum('bqhgd,bqhgd->bhgq', do.astype(jnp.float32), out.astype(jnp.float32))
+  delta = jnp.einsum('bhgqd,bhgqd->bhgq', do.astype(jnp.float32), out.astype(jnp.float32))
   lse = jnp.where(jnp.isinf(lse), 0.0, lse)  # masked rows: p is zero anyway
   dq = jnp.zeros(q.shape, jnp.float32)
   dk, dv = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
 
   def step(carry, _):
     dq, k, v, kv_pos, kv_seg, dk, dv = carry
-    dq, dk, dv = _backward_shard((dq, dk, dv), q, k, v, do, lse, delta, q_pos, kv_pos, q_seg,
-                                 kv_seg, causal=causal, scale=scale, block_q=block_q,
+    dq, dk, dv = _backward_shard((dq, dk, dv), q_scaled, k, v, do, lse, delta, q_pos, kv_pos,
+                                 q_seg, kv_seg, causal=causal, block_q=block_q,
                                  block_kv=block_kv)
     k, v, kv_pos, kv_seg, dk, dv = (_ring_permute(x, axis_name, size)
                                     for x in (k, v, kv_pos, kv_seg, dk, dv))
@@ -231,7 +257,8 @@ def _ring_backward(q, k, v, q_pos, q_seg, out, lse, do, *, axis_name, size, caus
   # After `size` hops every kv shard, and the gradient travelling with it, is home again.
   (dq, _, _, _, _, dk, dv), _ = lax.scan(step, (dq, k, v, q_pos, q_seg, dk, dv), None,
                                          length=size)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+  # The logits were (q * scale) . k: dq gets the scale here, dk got it from the scaled q.
+  return (dq * scale).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
@@ -288,7 +315,9 @@ def _sharded(kernel, q, k, v, *, mesh, segment_ids, positions, axis_name, batch_
   token_spec = P(batch_axes, axis_name)
 
   def body(q, k, v, pos, seg):
-    q = q.reshape(q.shape[:2] + (kv_heads, heads // kv_heads, q.shape[-1]))
+    # Head-major inside the kernel: q [b, kvh, g, L, d], k and v [b, kvh, L, d].
+    q = einops.rearrange(q, 'b l (h g) d -> b h g l d', h=kv_heads)
+    k, v = (einops.rearrange(x, 'b l h d -> b h l d') for x in (k, v))
     return kernel(q, k, v, pos.astype(jnp.int32), seg.astype(jnp.int32), shards, block)
 
   out_specs = out_specs(qkv_spec, axis_name, batch_axes)
@@ -324,11 +353,10 @@ def ring_attention(
 
   Returns `[batch, length, heads, head_dim]` in q's dtype, sharded like q.
   """
-  heads, head_dim = q.shape[2:]
 
   def kernel(q, k, v, pos, seg, shards, block):
     out = _ring(q, k, v, pos, seg, axis_name, shards, causal, block, block)
-    return out.reshape(out.shape[:2] + (heads, head_dim))
+    return einops.rearrange(out, 'b h g l d -> b l (h g) d')
 
   return _sharded(kernel, q, k, v, mesh=mesh, segment_ids=segment_ids, positions=positions,
                   axis_name=axis_name, batch_axes=batch_axes, block_size=block_size,
