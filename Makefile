@@ -1,4 +1,4 @@
-# make demo | make test | make test-hf | make test-gcs | make test-tpu | make test-faults | make test-all | make bench | make lint
+# make demo | make test | make test-hf | make test-gcs | make test-tpu | make test-faults | make test-bench | make test-all | make bench | make lint
 # — each creates .venv and installs on first use, with the versions pinned in constraints.txt (the
 # ones our tests ran with; launch/ installs the same). `make lock` refreshes them, on purpose only.
 PYTHON ?= python3
@@ -16,7 +16,7 @@ WORKDIR ?= runs/demo
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest tests -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
-.PHONY: venv demo test test-all test-hf test-gcs test-tpu test-faults bench lint lock clean
+.PHONY: venv demo test test-all test-hf test-gcs test-tpu test-faults test-bench bench lint lock clean
 
 venv: $(STAMP)
 
@@ -46,7 +46,7 @@ demo: $(STAMP)
 # Fast suite (~16 min on 2 CPU cores with 2 workers); slow tests are marked, run by test-all.
 # The hf tests (parity against transformers) need torch: `make test-hf` installs it and runs them.
 test: $(STAMP)
-	$(PYTEST) -m 'not slow and not hf and not gcs and not tpu and not faults'
+	$(PYTEST) -m 'not slow and not hf and not gcs and not tpu and not faults and not bench'
 
 # Faults injected into real runs (SIGTERM to one of two processes, a full disk, every family
 # killed and resumed; ~6 min); .ci/run runs it.
@@ -64,6 +64,10 @@ test-hf: $(HF_STAMP)
 test-tpu: $(TPU_STAMP)
 	$(PYTEST) -m tpu
 
+# Every benchmark's --smoke mode (tiny sizes, one repeat; ~N min), so that none rots.
+test-bench: $(HF_STAMP)
+	$(PYTEST) -m bench
+
 test-all: $(HF_STAMP) $(TPU_STAMP)
 	$(PYTEST)
 
@@ -72,8 +76,13 @@ test-all: $(HF_STAMP) $(TPU_STAMP)
 lock: $(HF_STAMP) $(TPU_STAMP)
 	$(BIN)/pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//' | LC_ALL=C sort > constraints.txt
 
-bench: $(STAMP)
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+# Our speed and memory against the tools users compare us with (torch peers: the [hf] extra),
+# each a ratio measured in one run: JSON in benchmarks/results/, then benchmarks/RESULTS.md.
+BENCHMARKS := lm_vs_llama masked_video_vs_videomae mfu input_pipeline masked_encoder \
+	long_context ring_attention_memory contrastive_loss_memory world_model_step init_from_memory
+bench: $(HF_STAMP)
+	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
+	$(BIN)/python benchmarks/report.py
 
 # Lint only (rules in ruff.toml); the code is not `ruff format`-clean, so no format check.
 lint: $(STAMP)

@@ -22,6 +22,7 @@ ALLOWED = {
     'evaluators': {'floor', 'data', 'models', 'losses', 'masking', 'inputs', 'generate',
                    'checkpoint'},
     'guards': {'floor', 'data'},
+    'flops': {'floor', 'models'},
     'train': {'floor', 'data', 'models', 'losses', 'masking', 'optimizer', 'checkpoint',
               'inputs', 'evaluators', 'guards'},
     'release': {'floor', 'data', 'train', 'checkpoint'},

@@ -83,6 +83,7 @@ def _import_builtins() -> None:
       'vidlang_jax.data.builders',
       'vidlang_jax.masking',
       'vidlang_jax.inputs',
+      'vidlang_jax.flops',
       'vidlang_jax.generate',
   ):
     importlib.import_module(module)
