@@ -14,7 +14,7 @@ so the per-device measure is live-array bytes, not RSS (the RSS rise, all device
 recorded too). The contrast is the old path: `read_params` (every param replicated on every
 device) then a `device_put` onto the target shardings.
 
-  .venv/bin/python benchmarks/init_from_memory.py   # writes benchmarks/results/*.json
+  .venv/bin/python benchmarks/init_from_memory.py [--smoke]   # writes benchmarks/results/*.json
 """
 
 import os
@@ -23,12 +23,12 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                            + ' --xla_force_host_platform_device_count=8')
 
 import gc
-import json
 import shutil
 import tempfile
 import threading
 import time
 
+import harness
 import jax
 import numpy as np
 
@@ -149,9 +149,13 @@ def measure_load(name, load, new_state):
 
 
 def main():
+  args = harness.parser(__doc__.splitlines()[0]).parse_args()
   wall = time.perf_counter()
   config = config_lib.load('configs/two_tower.py:tiny')
-  config_lib.apply_overrides(config, OVERRIDES)
+  # --smoke: the tiny towers as they are (1.9M params), on the same mesh.
+  overrides = {k: v for k, v in OVERRIDES.items() if k.startswith('mesh.')} if args.smoke else (
+      OVERRIDES)
+  config_lib.apply_overrides(config, overrides)
   mesh = sharding.make_mesh(config.mesh)
   workdir = tempfile.mkdtemp(prefix='init_from_memory_')
   try:
@@ -212,7 +216,7 @@ def main():
                peak_extra_over_whole_params=extra / sizes['params_bytes'],
                peak_extra_over_whole_train_state=extra / sizes['train_state_bytes'])
   result = dict(
-      devices=jax.device_count(), mesh=dict(mesh.shape), overrides=OVERRIDES, **sizes,
+      devices=jax.device_count(), mesh=dict(mesh.shape), overrides=overrides, **sizes,
       checkpoint_over_target_share=sizes['train_state_bytes'] / share,
       save_seconds=save_seconds, rows=rows,
       ratio_replicated_over_sharded_peak_extra=(rows[1]['extra_at_peak']['max']
@@ -239,11 +243,15 @@ def main():
   ratio = result['ratio_replicated_over_sharded_peak_extra']
   print(f'replicated / sharded extra at peak: x{ratio:.1f}; host RSS+ is all 8 CPU devices '
         f'together (one host memory); wall {result["wall_seconds"]:.1f} s')
-  os.makedirs(os.path.join(os.path.dirname(__file__), 'results'), exist_ok=True)
-  path = os.path.join(os.path.dirname(__file__), 'results', 'init_from_memory.json')
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(result, f, indent=2)
-  print(f'wrote {path}')
+  sharded, replicated = (row['extra_at_peak']['max'] / MIB for row in rows)
+  figures = [
+      harness.figure('init_from peak extra memory per device, sharded load / replicated read',
+                     sharded, replicated, unit='MiB', goal='<= 0.5'),
+      harness.figure("init_from peak extra memory per device / the target's share",
+                     rows[0]['peak_extra_over_target_share'], goal='<= 1.25',
+                     note=f"checkpoint = {result['checkpoint_over_target_share']:.1f}x the share"),
+  ]
+  harness.write(args, 'init_from_memory', figures, **result)
 
 
 if __name__ == '__main__':
