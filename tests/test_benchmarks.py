@@ -14,7 +14,7 @@ pytestmark = pytest.mark.bench
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / 'benchmarks'
-NOT_BENCHMARKS = {'harness', 'steps', 'report'}  # what the benchmarks share
+NOT_BENCHMARKS = {'harness', 'steps', 'report', 'profile_step'}  # shared, or a tool
 TORCH_PEERS = {'lm_vs_llama', 'masked_video_vs_videomae'}  # need the [hf] extra
 FIELDS = {'figure', 'goal', 'ours', 'peer', 'ratio', 'unit', 'met', 'note'}
 
@@ -54,3 +54,16 @@ def test_smoke(name, tmp_path):
                             str(tmp_path), '--out', str(out)], cwd=ROOT, capture_output=True,
                            text=True, timeout=60)
   assert refused.returncode != 0 and '--smoke' in refused.stderr
+
+
+def test_profile_step_attributes_the_ops(tmp_path):
+  """The profiling tool of docs/performance.md: every op of the LM step gets a part."""
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  subprocess.run([sys.executable, str(BENCHMARKS / 'profile_step.py'), '--family', 'lm',
+                  '--smoke', '--out', str(tmp_path)], cwd=ROOT, env=env, check=True,
+                 capture_output=True, timeout=600)
+  profile = json.loads((tmp_path / 'profile_lm.json').read_text())
+  parts = {row['part'] for row in profile['parts']}
+  assert {'attention kernel', 'MLP', 'LM head'} <= parts, parts
+  assert sum(row['share'] for row in profile['parts']) == pytest.approx(1.0)
