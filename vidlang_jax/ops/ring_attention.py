@@ -69,27 +69,33 @@ def causal_tiles_per_device(length: int, num_shards: int, block: int, layout: st
 # more than half the kernel's time.
 
 
-def _tile_logits(q, k, q_pos, kv_pos, q_seg, kv_seg, causal):
-  """q `[b, kvh, g, bq, d]` (already scaled), k `[b, kvh, bk, d]` -> masked fp32 logits
-  `[b, kvh, g, bq, bk]` and the boolean mask `[b, 1, 1, bq, bk]`."""
-  s = jnp.einsum('bhgqd,bhkd->bhgqk', q, k, preferred_element_type=jnp.float32)
+def _tile_mask(q_pos, kv_pos, q_seg, kv_seg, causal):
+  """`[b, 1, 1, bq, bk]`: which queries of the tile see which keys."""
   mask = (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
   if causal:
     mask &= q_pos[:, :, None] >= kv_pos[:, None, :]
-  mask = mask[:, None, None]
-  return jnp.where(mask, s, NEG_INF), mask
+  return mask[:, None, None]
 
 
-def _skip(q_pos, kv_pos, q_seg, kv_seg, causal):
-  """True when the tile contributes nothing: in every row, the tile's queries and keys belong
+# What a tile needs (`lax.switch` branches): nothing, its products without a mask, or masked.
+SKIP, FULL, MASKED = 0, 1, 2
+
+
+def _tile_kind(q_pos, kv_pos, q_seg, kv_seg, causal):
+  """SKIP when the tile contributes nothing: in every row, the tile's queries and keys belong
   to different documents (packed segments; 0 is padding), or every key is in the future of
-  every query (causal). Off-diagonal tiles of packed rows are skipped like future ones."""
+  every query (causal); off-diagonal tiles of packed rows are skipped like future ones. FULL
+  when every query sees every key (one document, every key in the past): most tiles of a long
+  document, which then need no mask. MASKED otherwise."""
   big = jnp.iinfo(q_seg.dtype).max
   lowest = lambda seg: jnp.min(jnp.where(seg > 0, seg, big), axis=-1)  # [b]
   disjoint = (jnp.max(q_seg, -1) < lowest(kv_seg)) | (jnp.max(kv_seg, -1) < lowest(q_seg))
+  one_document = ((jnp.min(q_seg, -1) == jnp.max(kv_seg, -1))
+                  & (jnp.max(q_seg, -1) == jnp.min(kv_seg, -1)) & (jnp.min(q_seg, -1) > 0))
   if causal:
     disjoint |= jnp.max(q_pos, -1) < jnp.min(kv_pos, -1)
-  return jnp.all(disjoint)
+    one_document &= jnp.min(q_pos, -1) >= jnp.max(kv_pos, -1)
+  return jnp.where(jnp.all(disjoint), SKIP, jnp.where(jnp.all(one_document), FULL, MASKED))
 
 
 def _split(x, block, axis):
@@ -128,11 +134,16 @@ def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, block_
     def per_kv_tile(carry, tile):
       k_t, v_t, kp, ks = tile
 
-      def compute(carry):
+      def compute(carry, masked):
         o, m, l, computed = carry
-        s, mask = _tile_logits(q_t, k_t, qp, kp, qs, ks, causal)
+        s = jnp.einsum('bhgqd,bhkd->bhgqk', q_t, k_t, preferred_element_type=jnp.float32)
+        if masked:
+          mask = _tile_mask(qp, kp, qs, ks, causal)
+          s = jnp.where(mask, s, NEG_INF)
         m_new = jnp.maximum(m, s.max(-1))
-        p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+        p = jnp.exp(s - m_new[..., None])
+        if masked:  # rows that saw nothing yet have m_new = NEG_INF: exp(0) is not their 0
+          p = jnp.where(mask, p, 0.0)
         correction = jnp.exp(m - m_new)
         l = l * correction + p.sum(-1)
         pv = jnp.einsum('bhgqk,bhkd->bhgqd', p.astype(v_t.dtype), v_t,
@@ -140,7 +151,9 @@ def _forward_shard(acc, q, k, v, q_pos, kv_pos, q_seg, kv_seg, *, causal, block_
         o = o * correction[..., None] + pv
         return o, m_new, l, computed + 1
 
-      return lax.cond(_skip(qp, kp, qs, ks, causal), lambda c: c, compute, carry), None
+      branches = (lambda c: c, functools.partial(compute, masked=False),
+                  functools.partial(compute, masked=True))
+      return lax.switch(_tile_kind(qp, kp, qs, ks, causal), branches, carry), None
 
     carry, _ = lax.scan(per_kv_tile, (o, m, l, jnp.zeros((), jnp.int32)), kv_tiles)
     return carry
@@ -199,19 +212,20 @@ def _backward_shard(grads, q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg
       dk_t, dv_t = carry
       q_t, do_t, lse_t, delta_t, qp, qs = args
 
-      def compute(_):
+      def compute(_, masked):
         # Transposed tiles `[b, kvh, g, bk, bq]`: dk and dv contract over the queries, which
         # are then the rows' last axis (no transposes of p and ds); only dq needs ds^T.
         g = q_t.shape[2]
         k_g, v_g = (jnp.broadcast_to(x[:, :, None], x.shape[:2] + (g,) + x.shape[2:])
                     for x in (k_t, v_t))
         st = jnp.einsum('bhgkd,bhgqd->bhgkq', k_g, q_t, preferred_element_type=jnp.float32)
-        mask = ks[:, :, None] == qs[:, None, :]
-        mask &= qs[:, None, :] != 0
-        if causal:
-          mask &= kp[:, :, None] <= qp[:, None, :]
-        mask = mask[:, None, None]  # [b, 1, 1, bk, bq]
-        pt = jnp.where(mask, jnp.exp(st - lse_t[..., None, :]), 0.0)
+        pt = jnp.exp(st - lse_t[..., None, :])
+        if masked:
+          mask = ks[:, :, None] == qs[:, None, :]
+          mask &= qs[:, None, :] != 0
+          if causal:
+            mask &= kp[:, :, None] <= qp[:, None, :]
+          pt = jnp.where(mask[:, None, None], pt, 0.0)  # mask [b, 1, 1, bk, bq]
         dv_c = jnp.einsum('bhgkq,bhgqd->bhgkd', pt, do_t.astype(jnp.float32)).sum(2)
         dpt = jnp.einsum('bhgkd,bhgqd->bhgkq', v_g, do_t, preferred_element_type=jnp.float32)
         dst = pt * (dpt - delta_t[..., None, :])
@@ -221,7 +235,9 @@ def _backward_shard(grads, q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg
 
       zeros = (jnp.zeros(q_t.shape, jnp.float32), jnp.zeros(dk_t.shape, jnp.float32),
                jnp.zeros(dv_t.shape, jnp.float32))
-      dq_c, dk_c, dv_c = lax.cond(_skip(qp, kp, qs, ks, causal), lambda _: zeros, compute, None)
+      branches = (lambda _: zeros, functools.partial(compute, masked=False),
+                  functools.partial(compute, masked=True))
+      dq_c, dk_c, dv_c = lax.switch(_tile_kind(qp, kp, qs, ks, causal), branches, None)
       return (dk_t + dk_c, dv_t + dv_c), dq_c
 
     (dk_t, dv_t), dq_tiles = lax.scan(
