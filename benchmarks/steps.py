@@ -1,6 +1,6 @@
 """Our train steps as a user runs them, built from a config: the one trainer's jitted step
 (loss, gradients, clipping, AdamW, the non-finite guard; the state donated) on a synthetic
-batch of the config's shapes, on one device."""
+batch of the config's shapes, on one device (or the devices given)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from vidlang_jax import flops, sharding, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load(spec: str, overrides: dict[str, Any]) -> Any:
-  """`configs/<spec>` with `overrides` ({'model.width': 512, ...}) on one device."""
+def load(spec: str, overrides: dict[str, Any], sequence: int = 1) -> Any:
+  """`configs/<spec>` with `overrides` ({'model.width': 512, ...}) on one device, or with the
+  sequence over `sequence` devices."""
   return config_lib.load(os.path.join(ROOT, 'configs', spec), dict(overrides, **{
-      'mesh.data': 1, 'mesh.fsdp': 1, 'mesh.tensor': 1, 'mesh.sequence': 1}))
+      'mesh.data': 1, 'mesh.fsdp': 1, 'mesh.tensor': 1, 'mesh.sequence': sequence}))
 
 
 def synthetic_batch(batch_spec: dict[str, jax.ShapeDtypeStruct], vocab: int,
@@ -47,10 +48,10 @@ class Step:
   """`step()` runs one train step and blocks; `flops` is XLA's count of it, `model_flops` the
   analytic one (vidlang_jax/flops.py), `params` the number of parameters."""
 
-  def __init__(self, config: Any, vocab: int):
+  def __init__(self, config: Any, vocab: int, devices: list[jax.Device] | None = None):
     self.config = config
     self.model_flops = flops.model_flops(config)
-    self.mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    self.mesh = sharding.make_mesh(config.mesh, devices or jax.devices()[:1])
     self._context = sharding.use_mesh(self.mesh, sharding.logical_rules(config))
     with self._context:
       setup = train.build(config, self.mesh)
