@@ -78,8 +78,9 @@ lock: $(HF_STAMP) $(TPU_STAMP)
 
 # Our speed and memory against the tools users compare us with (torch peers: the [hf] extra),
 # each a ratio measured in one run: JSON in benchmarks/results/, then benchmarks/RESULTS.md.
-BENCHMARKS := lm_vs_llama masked_video_vs_videomae mfu input_pipeline masked_encoder \
-	long_context ring_attention_memory contrastive_loss_memory world_model_step init_from_memory
+BENCHMARKS := lm_vs_llama masked_video_vs_videomae attention_one_device mfu input_pipeline \
+	masked_encoder long_context ring_attention_memory contrastive_loss_memory world_model_step \
+	init_from_memory
 bench: $(HF_STAMP)
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
 	$(BIN)/python benchmarks/report.py

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.bench
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / 'benchmarks'
 NOT_BENCHMARKS = {'harness', 'steps', 'report', 'profile_step'}  # shared, or a tool
-TORCH_PEERS = {'lm_vs_llama', 'masked_video_vs_videomae'}  # need the [hf] extra
+# Need the [hf] extra (torch).
+TORCH_PEERS = {'lm_vs_llama', 'masked_video_vs_videomae', 'attention_one_device'}
 FIELDS = {'figure', 'goal', 'ours', 'peer', 'ratio', 'unit', 'met', 'note'}
 
 
