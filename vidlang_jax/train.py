@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import queue
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -214,6 +216,44 @@ def run_evals(evaluators, params, step: int, workdir: str) -> dict[str, Any]:
   return results
 
 
+class InputWait:
+  """Seconds the loop waits for a batch while the device has nothing to do (`idle`).
+
+  The step is dispatched asynchronously, so `next()` mostly runs while the device still computes
+  the previous step: that is not starvation. A thread blocks on each dispatched step and notes
+  when it finished (the loop never waits for it); only the part of a wait after that counts,
+  to within the thread's wake-up.
+  """
+
+  def __init__(self):
+    self._dispatched = 0
+    self._finished = (0, 0.0)  # steps finished, perf_counter() when the last one did
+    self._queue: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=self._watch, name='input_wait', daemon=True).start()
+
+  def _watch(self) -> None:
+    while (output := self._queue.get()) is not None:
+      try:
+        jax.block_until_ready(output)
+      except Exception:  # a failed step: the loop raises it itself
+        return
+      self._finished = (self._finished[0] + 1, time.perf_counter())
+
+  def dispatched(self, output: jax.Array) -> None:
+    self._dispatched += 1
+    self._queue.put(output)
+
+  def idle(self, start: float, end: float) -> float:
+    """The part of a wait from `start` to `end` (just now) that the device spent idle."""
+    finished, at = self._finished
+    if finished < self._dispatched:  # the last step was still running at `end`
+      return 0.0
+    return max(0.0, end - max(start, at))
+
+  def close(self) -> None:
+    self._queue.put(None)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains to `config.total_steps` (resuming from `workdir`) and returns the last metrics.
 
@@ -299,16 +339,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc='train',
                          disable=jax.process_index() != 0, dynamic_ncols=True)
     window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+    input_wait = InputWait()  # data_wait: only while the device has nothing to do
     preempted = False
     preemption = distributed.PreemptionWatch()  # from here on SIGTERM saves and stops
     try:
       for step in range(start_step + 1, config.total_steps + 1):
         wait_start = time.perf_counter()
         local_batch = next(train_iter)
-        data_wait += time.perf_counter() - wait_start
+        if step == start_step + 1:
+          # The first batch waits for the input's workers to start: a one-off, not its rate.
+          log.info('First batch after %.1f s (the input starting).',
+                   time.perf_counter() - wait_start)
+          window_start = time.perf_counter()
+        else:
+          data_wait += input_wait.idle(wait_start, time.perf_counter())
         tally.add(local_batch.pop(pipeline.FAULTS_KEY))
         state, step_metrics = compiled_step(state, sharding.shard_batch(local_batch, mesh),
                                             train_rng)
+        input_wait.dispatched(step_metrics['loss'])
         nonfinite.push(step, step_metrics['update_skipped'])
         window_steps += 1
         progress.update(1)
@@ -359,6 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # Also on an error: a save in flight is committed (or fails loudly) before the run ends.
       progress.close()
       preemption.close()
+      input_wait.close()
       checkpointer.close()
       writer.close()
       close_input(train_iter)
