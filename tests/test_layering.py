@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'vidlang_jax'
 
 # Each module group and the groups it may import (besides itself). Bottom first.
 ALLOWED = {
-    'floor': set(),  # ops, sharding, registry, pixels, config, metrics, paths, distributed
+    'floor': set(),  # ops, sharding, registry, pixels, config, metrics, paths, distributed, xla_cpu
     'masking': {'floor'},
     'losses': {'floor'},
     'optimizer': {'floor'},
@@ -30,7 +30,8 @@ ALLOWED = {
     'aot': {'floor', 'train'},
     'main': {'floor', 'data', 'train', 'checkpoint', 'release', 'convert', 'aot'},
 }
-FLOOR = {'ops', 'sharding', 'registry', 'pixels', 'config', 'metrics', 'paths', 'distributed'}
+FLOOR = {'ops', 'sharding', 'registry', 'pixels', 'config', 'metrics', 'paths', 'distributed',
+         'xla_cpu'}
 
 
 def group(module: str) -> str:

@@ -1,6 +1,10 @@
 """vidlang_jax: video-language pretraining in JAX/Flax, from a laptop CPU to a TPU pod."""
 
+from vidlang_jax import xla_cpu
+
 __version__ = '0.1.0'
+
+xla_cpu.apply_defaults()  # before jax creates a backend
 
 
 def load_pretrained(path, mesh=None):
