@@ -16,6 +16,10 @@ import os
 
 import harness
 
+# Headline comparisons first, then the rest by name.
+FIRST = ('lm_vs_llama', 'masked_video_vs_videomae', 'attention_one_device', 'mfu',
+         'input_pipeline', 'masked_encoder')
+
 HEADER = """# Benchmark results
 
 Written by `make bench` (`benchmarks/report.py`) from `benchmarks/results/*.json`; do not edit
@@ -37,6 +41,9 @@ def _machine(m: dict) -> str:
     parts.append(f"torch {m['torch']} ({m.get('torch_threads', '?')} threads)")
   if m.get('jax_devices', 1) > 1:
     parts.append(f"{m['jax_devices']} {m.get('jax_device', '')} devices")
+  flags = [f for f in m.get('xla_flags', '').split() if 'device_count' not in f]
+  if flags:
+    parts.append('XLA_FLAGS ' + ' '.join(flags))
   return ', '.join(parts)
 
 
@@ -71,6 +78,8 @@ def main() -> None:
     if result.get('smoke') and not args.allow_smoke:
       raise SystemExit(f'{path} is from a --smoke run; rerun it without --smoke.')
     results.append(result)
+  results.sort(key=lambda r: (FIRST.index(r['name']) if r['name'] in FIRST else len(FIRST),
+                              r['name']))
   if not results:
     raise SystemExit(f'No benchmark results in {args.results}: run `make bench`.')
   with open(args.out, 'w') as f:
