@@ -69,6 +69,20 @@ def torch_matmul(size: int = 2048) -> Callable[[], Any]:
   return lambda: a @ a
 
 
+def against_torch(ours: Callable[[], Any], torch_step: Callable[[], Any], model_flops: float,
+                  repeats: int) -> dict[str, Any]:
+  """Our step, torch's and each framework's 2048² matmul, timed in turns: the medians, and
+  each step's MFU over its own framework's matmul peak measured in the same run."""
+  times = time_interleaved({'ours': ours, 'torch': torch_step, 'jax matmul': jax_matmul(),
+                            'torch matmul': torch_matmul()}, repeats=repeats)
+  t = {k: median(v) for k, v in times.items()}
+  jax_peak, torch_peak = 2 * 2048**3 / t['jax matmul'], 2 * 2048**3 / t['torch matmul']
+  return dict(times=times, medians=t, model_flops=model_flops,
+              mfu=model_flops / t['ours'] / jax_peak,
+              torch_mfu=model_flops / t['torch'] / torch_peak,
+              jax_matmul_flops_per_s=jax_peak, torch_matmul_flops_per_s=torch_peak)
+
+
 def machine() -> dict[str, Any]:
   """What the numbers were measured on."""
   info: dict[str, Any] = dict(python=platform.python_version(), cores=os.cpu_count(),

@@ -64,25 +64,17 @@ def main() -> None:
   torch_step, torch_params = torch_llama(s)
   params = steps.matmul_params(step.state['params'])
   assert params == torch_params, (params, torch_params)  # the same model, counted twice
-  times = harness.time_interleaved(
-      {'ours': step.step, 'torch': torch_step, 'jax matmul': harness.jax_matmul(),
-       'torch matmul': harness.torch_matmul()}, repeats=repeats)
-  t = {k: harness.median(v) for k, v in times.items()}
-  matmul_flops = 2 * 2048**3
-  flops = step.model_flops
-  mfu = flops / t['ours'] / (matmul_flops / t['jax matmul'])
-  torch_mfu = flops / t['torch'] / (matmul_flops / t['torch matmul'])
+  run = harness.against_torch(step.step, torch_step, step.model_flops, repeats)
+  t = run['medians']
   figures = [
       harness.figure('LM train step, ours / LlamaForCausalLM (torch, sdpa)', t['ours'],
                      t['torch'], goal='<= 0.85', unit='s/step'),
-      harness.figure('LM train step MFU (ours), over the jax matmul peak', mfu, goal='>= 0.70',
-                     note=f'torch: {torch_mfu:.0%} over its own matmul peak',
-                     lower_is_better=False),
+      harness.figure('LM train step MFU (ours), over the jax matmul peak', run['mfu'],
+                     goal='>= 0.70', note=f"torch: {run['torch_mfu']:.0%} over its own matmul "
+                     'peak', lower_is_better=False),
   ]
-  harness.write(args, 'lm_vs_llama', figures, sizes=s, times=times, medians=t,
-                model_flops=flops, xla_flops=step.flops, matmul_params=params,
-                jax_matmul_flops_per_s=matmul_flops / t['jax matmul'],
-                torch_matmul_flops_per_s=matmul_flops / t['torch matmul'], torch_mfu=torch_mfu)
+  harness.write(args, 'lm_vs_llama', figures, sizes=s, xla_flops=step.flops,
+                matmul_params=params, **run)
 
 
 if __name__ == '__main__':

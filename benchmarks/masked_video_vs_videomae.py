@@ -87,26 +87,17 @@ def main() -> None:
   repeats = 1 if args.smoke else args.repeats
   step = ours(s)
   torch_step, torch_params = torch_videomae(s)
-  times = harness.time_interleaved(
-      {'ours': step.step, 'torch': torch_step, 'jax matmul': harness.jax_matmul(),
-       'torch matmul': harness.torch_matmul()}, repeats=repeats)
-  t = {k: harness.median(v) for k, v in times.items()}
-  matmul_flops = 2 * 2048**3
-  flops = step.model_flops
-  mfu = flops / t['ours'] / (matmul_flops / t['jax matmul'])
-  torch_mfu = flops / t['torch'] / (matmul_flops / t['torch matmul'])
+  run = harness.against_torch(step.step, torch_step, step.model_flops, repeats)
+  t = run['medians']
   figures = [
       harness.figure('masked video train step, ours / VideoMAEForPreTraining (torch)',
                      t['ours'], t['torch'], goal='<= 0.7', unit='s/step'),
-      harness.figure('masked video train step MFU (ours), over the jax matmul peak', mfu,
-                     note=f'torch: {torch_mfu:.0%} over its own matmul peak',
+      harness.figure('masked video train step MFU (ours), over the jax matmul peak', run['mfu'],
+                     note=f"torch: {run['torch_mfu']:.0%} over its own matmul peak",
                      lower_is_better=False),
   ]
-  harness.write(args, 'masked_video_vs_videomae', figures, sizes=s, times=times, medians=t,
-                model_flops=flops, xla_flops=step.flops, torch_mfu=torch_mfu,
-                params=step.params, torch_params=torch_params,
-                jax_matmul_flops_per_s=matmul_flops / t['jax matmul'],
-                torch_matmul_flops_per_s=matmul_flops / t['torch matmul'])
+  harness.write(args, 'masked_video_vs_videomae', figures, sizes=s, xla_flops=step.flops,
+                params=step.params, torch_params=torch_params, **run)
 
 
 if __name__ == '__main__':
