@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from vidlang_jax import generate as generate_lib
 from vidlang_jax import inputs, registry
 from vidlang_jax.data import builders, sequences, video_tokens
 from vidlang_jax.evaluators import common
-from vidlang_jax.losses.language_model import MODALITIES, weighted_next_token_loss
+from vidlang_jax.losses.language_model import MODALITIES
 from vidlang_jax.pixels import image_grid
 
 
@@ -59,13 +60,12 @@ class PerplexityEvaluator(_WorldModelEvaluator):
     model = self.model.clone(attention='dot_product')
 
     def nll(params, batch):
+      """Per-token NLL `[batch, length]`; the host sums it in float64 (a split's fp32 sum on
+      device moved with how XLA ordered the reduction)."""
       logits = model.apply({'params': params}, batch['inputs'], batch['positions'],
                            batch['segment_ids'])
-      _, metrics = weighted_next_token_loss(logits, batch['targets'], batch['weights'],
-                                            batch['modality'])
-      counts = {name: jnp.sum((batch['modality'] == i) & (batch['weights'] > 0))
-                for i, name in enumerate(MODALITIES)}
-      return {name: metrics[f'{name}_loss'] * counts[name] for name in MODALITIES}, counts
+      return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                             batch['targets'])
 
     self.nll = jax.jit(nll)
 
@@ -84,10 +84,12 @@ class PerplexityEvaluator(_WorldModelEvaluator):
     length = 8 * math.ceil(max(len(d['inputs']) for d in docs) / 8)
     for start in range(0, len(docs), batch_size):
       batch = pad_documents(docs[start:start + batch_size], length, batch_size)
-      sums, numbers = jax.device_get(self.nll(params, batch))
-      for name in MODALITIES:
-        totals[name] += float(sums[name])
-        counts[name] += int(numbers[name])
+      token_nll = np.asarray(jax.device_get(self.nll(params, batch)), np.float64)
+      trained = np.asarray(batch['weights']) > 0
+      for i, name in enumerate(MODALITIES):
+        counted = trained & (np.asarray(batch['modality']) == i)
+        totals[name] += float(token_nll[counted].sum())
+        counts[name] += int(counted.sum())
     return {f'perplexity_{name}': math.exp(totals[name] / max(counts[name], 1))
             for name in MODALITIES}
 
