@@ -64,7 +64,7 @@ test-hf: $(HF_STAMP)
 test-tpu: $(TPU_STAMP)
 	$(PYTEST) -m tpu
 
-# Every benchmark's --smoke mode (tiny sizes, one repeat; ~8 min), so that none rots.
+# Every benchmark's --smoke mode (tiny sizes, one repeat; ~3 min), so that none rots.
 test-bench: $(HF_STAMP)
 	$(PYTEST) -m bench
 
