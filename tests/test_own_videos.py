@@ -161,3 +161,40 @@ def test_own_unlabelled_videos_train_end_to_end(tmp_path):
   assert 'text -> video' in out  # the retrieval table
   results = eval_json(workdir, 2)
   assert 0 <= results['t2v_r1'] <= 1 and not any(k.startswith('probe') for k in results)
+
+
+def test_msrvtt_annotations_build_and_train_with_captions_grouped(tmp_path):
+  """MSR-VTT's own JSON (`sentences` of `video_id` → caption, 3 per clip here; clips named
+  `<video_id>.mp4`) builds with every caption its own example, the captions of a clip in one
+  split; a tiny two-tower trains on it and retrieval ranks each clip once per caption."""
+  src = tmp_path / 'src'
+  rows = make_folder(src, num_videos=30, labels=False)
+  (src / 'captions.csv').unlink()  # The folder's annotations are MSR-VTT's file instead.
+  sentences = []
+  for i, (path, caption, _) in enumerate(rows):
+    os.rename(src / path, src / f'video{i}.mp4')
+    sentences += [{'video_id': f'video{i}', 'caption': text, 'sen_id': len(sentences)}
+                  for text in (caption, f'clip {i}: {caption}', f'{caption} again')]
+  sentences.insert(5, {'video_id': 'video1'})  # A sentence without a caption: skipped.
+  info = {'info': {'year': 2016}, 'videos': [{'video_id': f'video{i}', 'split': 'train'}
+                                             for i in range(len(rows))],
+          'sentences': sentences}
+  (src / 'train_val_videodatainfo.json').write_text(json.dumps(info, indent=2))
+  data_dir = str(tmp_path / 'data')
+  builder = builders.prepare('video_text_folder/msrvtt', data_dir, source_dir=str(src))
+  summary = builder.build_summary
+  assert summary['skipped_by_kind'] == {'missing_column': 1}
+  assert summary['skipped'][0]['line'] == 6
+  assert sum(summary['examples'].values()) == 3 * len(rows)
+  test_ids = [r['video_id'].decode() for r in builder.as_data_source(split='test')]
+  clips = {i.partition('#')[0] for i in test_ids}
+  assert len(test_ids) == 3 * len(clips) and all(c.endswith('.mp4') for c in clips)
+
+  workdir = str(tmp_path / 'run')
+  config = small(config_lib.load('configs/two_tower.py:tiny,dataset=video_text_folder/msrvtt'),
+                 data_dir)
+  config.evals = {'retrieval': config.evals.retrieval}
+  train.train_and_evaluate(config, workdir)
+  results = eval_json(workdir, 2)
+  assert results['chance_r1'] == pytest.approx(1 / len(clips))  # one candidate per clip
+  assert 0 <= results['t2v_r1'] <= 1

@@ -1,11 +1,12 @@
 """video_text_folder: a TFDS builder for your own clips, a folder of videos plus captions.
 
 The annotation file is the WebVid / MSR-VTT shape: a CSV with a header row, or JSONL lines,
-with a video path and a caption per row. The columns default to `path` and `caption`;
-`path_column` / `caption_column` name others (WebVid `contentUrl,name`, MSR-VTT
-`video_id,sentence`). Paths are relative to the folder (or absolute). A path may appear on
-several rows (several captions per video, as in MSR-VTT); each row becomes one example and all
-captions of a video land in the same split.
+with a video path and a caption per row; or MSR-VTT's own JSON (`train_val_videodatainfo.json`,
+whose `sentences` map each `video_id` to its captions; the clips are `<video_id>.mp4`).
+The columns default to `path` and `caption`; `path_column` / `caption_column` name others
+(WebVid `contentUrl,name`, MSR-VTT `video_id,sentence`). Paths are relative to the folder
+(or absolute). A path may appear on several rows (several captions per video, as in
+MSR-VTT); each row becomes one example and all captions of a video land in the same split.
 
 `label_columns` (e.g. `('action', 'scene')`) adds class labels, Kinetics / SSv2-style: each is
 a CSV column, or in JSONL a key of the object or of its `labels` object. They are stored as
@@ -51,7 +52,7 @@ from vidlang_jax.data import video as video_lib
 
 SPLITS = ('train', 'validation', 'test')
 SUMMARY_FILE = 'build_summary.json'
-_DEFAULT_ANNOTATIONS = ('captions.csv', 'captions.jsonl')
+_DEFAULT_ANNOTATIONS = ('captions.csv', 'captions.jsonl', 'train_val_videodatainfo.json')
 _REASONS_KEPT = 20  # Skipped rows listed in the summary (the counts cover all)...
 _REASONS_PER_KIND = 5  # ...at most this many of each kind, so that rare kinds show too.
 _SHOWN = 5  # Skipped rows printed by `format_summary`.
@@ -124,7 +125,10 @@ def read_annotations(path: str, *, path_column: str = 'path', caption_column: st
   with open(path, 'rb') as f:
     data = f.read()
   data = data[len(_BOM):] if data.startswith(_BOM) else data
-  if path.endswith('.jsonl') or path.endswith('.json'):
+  msrvtt = _read_msrvtt(data, path, label_columns) if path.endswith('.json') else None
+  if msrvtt is not None:
+    rows, skipped = msrvtt
+  elif path.endswith('.jsonl') or path.endswith('.json'):
     rows, skipped, missing_keys = _read_jsonl(data, wanted, label_columns)
     if not rows and missing_keys and len(missing_keys) == len(skipped):
       # The same column is absent from every row: a setting to fix, not bad rows.
@@ -145,6 +149,39 @@ def read_annotations(path: str, *, path_column: str = 'path', caption_column: st
                          for s in skipped[:_ERRORS_SHOWN])
     raise ValueError(f'{path}: no usable row' + (
         f' ({len(skipped)} skipped, e.g. {examples}).' if skipped else ' (the file has no rows).'))
+  return rows, skipped
+
+
+def _read_msrvtt(data: bytes, path: str, label_columns: Sequence[str]
+                 ) -> tuple[list[Annotation], list[SkippedRow]] | None:
+  """The rows of an MSR-VTT annotation file (`train_val_videodatainfo.json`), or None if `data`
+  is not one: an object whose `sentences` list holds `{video_id, caption}` (20 per video). The
+  video of `video_id` is `<video_id>.mp4` (as MSR-VTT ships them) unless it names a file with
+  an extension. A sentence's `line` is its 1-based position in `sentences`. MSR-VTT's own
+  `split` field is not used: splits come from the hash of the path, as for every folder."""
+  try:
+    record = json.loads(data.decode('utf-8'))
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    return None  # Not one JSON document: read as JSONL.
+  if not isinstance(record, dict) or not isinstance(record.get('sentences'), list):
+    return None
+  if label_columns:
+    raise ValueError(f'{path}: label_columns {list(label_columns)} are not supported for '
+                     'MSR-VTT files (their sentences have no labels).')
+  rows, skipped = [], []
+  for number, sentence in enumerate(record['sentences'], 1):
+    if not isinstance(sentence, dict):
+      skipped.append(SkippedRow(number, 'bad_row', f'sentence {number} is not a JSON object'))
+      continue
+    missing = [k for k in ('video_id', 'caption') if k not in sentence]
+    if missing:
+      skipped.append(SkippedRow(number, 'missing_column', f'sentence {number} lacks '
+                                                          f'{missing} (found {sorted(sentence)})'))
+      continue
+    video_id = str(sentence['video_id'] or '')
+    file = video_id if not video_id or os.path.splitext(video_id)[1] else f'{video_id}.mp4'
+    rows.append(Annotation(file, '' if sentence['caption'] is None else str(sentence['caption']),
+                           {}, number))
   return rows, skipped
 
 
